@@ -1,0 +1,58 @@
+# The two commands a new user needs: `make run` and `make test`. Everything else is a building block.
+# Works on a fresh Debian 12 machine: missing apt packages and the .venv are installed on demand.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+JOBS   ?= 2
+APT_PACKAGES := build-essential cmake ninja-build libssl-dev libnghttp2-dev zlib1g-dev libgtest-dev \
+                clang libclang-rt-14-dev wrk nginx-light python3-venv
+CPP_BUILD := build/cpp
+SAN_BUILD := build/sanitize
+
+.PHONY: run test deps venv build cpp-test py-test fuzz fuzz-replay bench sanitize-test clean
+
+run: build
+	$(PY) -m fulmen --host 127.0.0.1 --port 8000 --app-dir examples hello:app
+
+deps:
+	@bash .ci/apt-deps $(APT_PACKAGES)
+
+$(VENV)/.stamp: requirements-dev.txt | deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+
+# Incremental: scikit-build-core keeps its CMake tree under build/{wheel_tag}.
+build: venv
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PY) -m pip install -q --no-build-isolation --no-deps .
+
+cpp-test: deps
+	cmake -S . -B $(CPP_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFULMEN_PYTHON=OFF -DFULMEN_TESTS=ON
+	cmake --build $(CPP_BUILD) -j $(JOBS)
+	ctest --test-dir $(CPP_BUILD) --output-on-failure -j $(JOBS)
+
+py-test: build
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test: cpp-test py-test
+
+# ASan + UBSan over the engine tests and the Python suite (the extension is preloaded with libasan).
+sanitize-test: venv
+	bash .ci/sanitize
+
+fuzz: deps
+	CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DFULMEN_PYTHON=OFF -DFULMEN_FUZZ=ON
+	cmake --build build/fuzz -j $(JOBS)
+	mkdir -p fuzz/corpus/http1
+	build/fuzz/fuzz/fuzz_http1 -max_total_time=$${FUZZ_SECONDS:-60} -artifact_prefix=fuzz/regressions/http1/ \
+	    -dict=fuzz/http1.dict fuzz/corpus/http1 fuzz/seeds/http1
+
+bench: build
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build
