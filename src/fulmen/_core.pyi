@@ -1,0 +1,52 @@
+"""Type stubs for the private native module fulmen._core (built from src/bridge)."""
+
+from typing import Any, Callable, Sequence
+
+__version__: str
+
+class Server:
+    """One worker's engine: an epoll loop serving HTTP/1.1 on already-listening sockets.
+
+    listeners: (fd, server_name, server_port, is_unix) per socket. The sockets must be bound and
+      listening; the engine makes them non-blocking and accepts on them. server_name/server_port
+      become SERVER_NAME/SERVER_PORT in the WSGI environ for requests on that socket.
+    app: the WSGI callable.
+    threads: 1 runs the app on the loop thread (fastest); N > 1 runs it in N Python threads.
+    access_log_fd: file descriptor the engine writes access-log lines to, -1 for none.
+    error_log: called as error_log(message: str, exc: BaseException | None) for app errors and
+      engine warnings; it runs with the GIL held and must not raise.
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        listeners: Sequence[tuple[int, str, int, bool]],
+        *,
+        error_log: Callable[[str, BaseException | None], None],
+        threads: int = 1,
+        root_path: str = "",
+        url_scheme: str = "http",
+        access_log_fd: int = -1,
+        timeout_keep_alive: float = 5.0,
+        timeout_request_header: float = 30.0,
+        timeout_request_body: float = 60.0,
+        limit_request_line: int = 8190,
+        limit_request_fields: int = 100,
+        limit_request_field_size: int = 8190,
+        limit_request_body: int = 0,
+        graceful_timeout: float = 30.0,
+    ) -> None: ...
+    @property
+    def wakeup_fd(self) -> int:
+        """Write end of the loop's wake pipe: pass it to signal.set_wakeup_fd() so a signal
+        interrupts the C++ epoll_wait and Python signal handlers run promptly."""
+    def run(self) -> None:
+        """Serve until stop() is called; returns after the graceful shutdown completes.
+        Raises the exception a Python signal handler raised (e.g. KeyboardInterrupt) only if
+        it was not a stop request; the CLI's handlers call stop() instead of raising."""
+    def stop(self, graceful: bool = True) -> None:
+        """Ask the loop to stop: stop accepting, close idle keep-alive connections, let
+        in-flight requests finish for up to graceful_timeout seconds (graceful=False: close
+        everything now). Safe to call from a signal handler or another thread."""
+    def stats(self) -> dict[str, int]:
+        """Counters: connections_open, connections_total, requests_total, ..."""
