@@ -1,0 +1,136 @@
+"""Start one server: logging, app, socket, engine, signals. Used by fulmen.run() and the CLI.
+
+Everything here runs once at start-up or shutdown; requests are handled entirely by the engine,
+which calls only the application (and error_log on errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from fulmen import FulmenError, __version__, _importer, _sockets
+
+TRACE = 5
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
+# Gunicorn caps the header count at 32768 and treats 0 as that cap; the engine always enforces
+# its limits, so "no limit" for the line and field sizes becomes a bound no request reaches
+# (the engine's own request-head budget still applies).
+MAX_HEADER_FIELDS = 32768
+NO_LIMIT = 2**31 - 1
+
+error_log = logging.getLogger("fulmen.error")
+access_log = logging.getLogger("fulmen.access")
+
+
+def configure_logging(level: str, access: bool) -> None:
+    logging.addLevelName(TRACE, "TRACE")
+    formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
+    for logger, stream in ((error_log, sys.stderr), (access_log, sys.stdout)):
+        # Replace only handlers we installed, so repeated run() calls do not duplicate lines.
+        for h in [h for h in logger.handlers if getattr(h, "_fulmen", False)]:
+            logger.removeHandler(h)
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
+        handler._fulmen = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    error_log.setLevel(TRACE if level == "trace" else level.upper())
+    # The engine writes access lines to stdout itself; this logger exists for lines from Python.
+    access_log.setLevel(logging.INFO)
+    access_log.disabled = not access
+
+
+def _log_engine_error(message: str, exc: BaseException | None) -> None:
+    """The engine's error_log callback: it runs with the GIL held and must never raise."""
+    try:
+        error_log.error(message, exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
+    except Exception:
+        pass
+
+
+def _load_core() -> Any:
+    try:
+        from fulmen import _core
+    except ImportError as exc:
+        raise FulmenError(f"the native engine fulmen._core is not available ({exc}); "
+                          "build and install Fulmen with `make build` or `pip install .`") from None
+    return _core
+
+
+def serve(cfg: dict[str, Any]) -> None:
+    """Serve until SIGINT/SIGTERM (or until the engine stops). Raises FulmenError."""
+    configure_logging(cfg["log_level"], cfg["access_log"])
+    app = _importer.load_app(cfg["app"], factory=cfg["factory"], app_dir=cfg["app_dir"])
+    if cfg["interface"] == "asgi":
+        raise FulmenError("--interface asgi: this version of Fulmen serves only WSGI apps (ASGI support is coming)")
+    if cfg["interface"] == "auto" and _importer.detect_interface(app) != "wsgi":
+        raise FulmenError(f"{_app_name(cfg['app'])} is an ASGI application; this version of Fulmen serves "
+                          "only WSGI apps (ASGI support is coming)")
+
+    listener = _sockets.bind(cfg)
+    try:
+        core = _load_core()
+        server = core.Server(
+            app,
+            [listener.engine_tuple()],
+            error_log=_log_engine_error,
+            threads=cfg["threads"],
+            root_path=cfg["root_path"],
+            access_log_fd=1 if cfg["access_log"] else -1,
+            timeout_keep_alive=float(cfg["timeout_keep_alive"]),
+            limit_request_line=cfg["limit_request_line"] or NO_LIMIT,
+            limit_request_fields=cfg["limit_request_fields"] or MAX_HEADER_FIELDS,
+            limit_request_field_size=cfg["limit_request_field_size"] or NO_LIMIT,
+            limit_request_body=cfg["limit_request_body"],
+            graceful_timeout=float(cfg["graceful_timeout"]),
+        )
+        error_log.info("Starting Fulmen %s (WSGI, %d thread%s, pid %d)", __version__, cfg["threads"],
+                       "" if cfg["threads"] == 1 else "s", os.getpid())
+        error_log.info("Listening on %s", listener.url)
+        sys.stdout.flush()  # the engine writes access lines to fd 1 directly
+        _run_with_signals(server, cfg["graceful_timeout"])
+    finally:
+        listener.close()
+    error_log.info("Finished")
+
+
+def _run_with_signals(server: Any, graceful_timeout: float) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        # Python delivers signals only to the main thread; the caller stops us with server.stop().
+        server.run()
+        return
+
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            error_log.info("Shutting down (%s): finishing in-flight requests for up to %gs; "
+                           "press Ctrl-C again to stop now", signal.Signals(signum).name, graceful_timeout)
+            server.stop()
+        else:
+            error_log.info("Stopping now (%s)", signal.Signals(signum).name)
+            server.stop(graceful=False)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # The engine sleeps in C++ epoll_wait; the wakeup fd makes a signal wake it so that Python
+    # runs on_signal promptly. A full pipe already means a pending wake-up: no warning needed.
+    previous_fd = signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False)
+    try:
+        server.run()
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            if handler is not None:  # None: installed outside Python, cannot be restored
+                signal.signal(sig, handler)
+
+
+def _app_name(app: Any) -> str:
+    return app if isinstance(app, str) else getattr(app, "__qualname__", "the application")
