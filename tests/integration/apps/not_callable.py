@@ -1,0 +1,3 @@
+"""APP points at something that is not an application."""
+
+app = "I am a string, not a WSGI callable"

@@ -1,0 +1,203 @@
+"""Fixtures that run the real `python -m fulmen` process.
+
+A server is ready when it logs "Listening on ...": the fixture reads that line from stderr (which
+also gives the real port for --port 0) instead of sleeping, and fails with the process output if
+the line does not come in time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+APPS = Path(__file__).parent / "apps"
+READY_TIMEOUT = 20.0
+LISTENING = re.compile(r"Listening on (\S+)")
+
+
+def fulmen_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The environment for a fulmen process: ours without FULMEN_* (so the developer's shell
+    cannot change results), the test apps directory as --app-dir, then `env` (None removes)."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith("FULMEN_")}
+    out["FULMEN_APP_DIR"] = str(APPS)
+    for key, value in (env or {}).items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def run_fulmen(*args: str, env: dict[str, str | None] | None = None, timeout: float = 30,
+               **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m fulmen ARGS` to completion (for --help, --version and start-up errors)."""
+    return subprocess.run([sys.executable, "-m", "fulmen", *args], env=fulmen_env(env), capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+class _Reader:
+    """Drains one pipe on a thread (so the server never blocks on a full pipe) and keeps the lines."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _run(self, stream) -> None:
+        for line in stream:
+            with self.cond:
+                self.lines.append(line)
+                self.cond.notify_all()
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def wait_for(self, pattern: re.Pattern, timeout: float) -> re.Match | None:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self.cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if m := pattern.search(line):
+                        return m
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if self.closed or left <= 0:
+                    return None
+                self.cond.wait(left)
+
+    @property
+    def text(self) -> str:
+        with self.cond:
+            return "".join(self.lines)
+
+
+class Server:
+    """A running `python -m fulmen` process."""
+
+    def __init__(self, command: list[str], env: dict[str, str | None] | None, pass_fds=()) -> None:
+        self.command = command
+        self.proc = subprocess.Popen(command, env=fulmen_env(env),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     pass_fds=pass_fds)
+        self._stdout = _Reader(self.proc.stdout)
+        self._stderr = _Reader(self.proc.stderr)
+        m = self._stderr.wait_for(LISTENING, READY_TIMEOUT)
+        if m is None:
+            self.kill()
+            raise AssertionError(f"{' '.join(command)} did not start (exit code {self.proc.returncode}):\n"
+                                 f"{self.output}")
+        self.address = m.group(1)  # "http://127.0.0.1:PORT", "unix:/path" or "fd://N"
+        self.port: int | None = None
+        self.url: str | None = None
+        self.uds: str | None = None
+        http_url = re.search(r"http://(\[[^\]]+\]|[^:/\s]+):(\d+)", m.string[m.start():])
+        if self.address.startswith("unix:"):
+            self.uds = self.address[len("unix:"):]
+        elif http_url:
+            self.port = int(http_url.group(2))
+            self.url = f"http://{http_url.group(1)}:{self.port}"
+
+    @property
+    def output(self) -> str:
+        """Everything the server wrote to stderr so far (its log)."""
+        return self._stderr.text
+
+    @property
+    def stdout(self) -> str:
+        """Everything written to stdout (the access log)."""
+        return self._stdout.text
+
+    def wait_for_log(self, pattern: str, timeout: float = 10) -> bool:
+        return self._stderr.wait_for(re.compile(pattern), timeout) is not None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        """Send `sig` (SIGTERM: graceful shutdown), wait, kill on timeout; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(f"fulmen did not stop within {timeout}s of {sig!r}:\n{self.output}")
+        self._drain()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._drain()
+
+    def _drain(self) -> None:
+        self._stdout.thread.join(5)
+        self._stderr.thread.join(5)
+
+    def request(self, method: str = "GET", path: str = "/", body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP/1.1 request over TCP or the Unix socket; returns (status, headers, body)."""
+        if self.uds:
+            conn: http.client.HTTPConnection = _UnixHTTPConnection(self.uds, timeout=timeout)
+        else:
+            assert self.port is not None, self.address
+            host = self.url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
+            conn = http.client.HTTPConnection(host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+@pytest.fixture
+def server():
+    """Factory: server("hello:app", "--threads", "2", env={...}, pass_fds=(fd,)) starts fulmen on
+    127.0.0.1 and a free port (unless the args say otherwise) and returns a ready Server; every
+    server still running is killed at the end of the test. command=[...] runs that instead
+    (e.g. a script calling fulmen.run())."""
+    started: list[Server] = []
+
+    def start(app_spec: str | None = None, *extra_args: str, env: dict[str, str | None] | None = None,
+              pass_fds=(), command: list[str] | None = None) -> Server:
+        if command is not None:
+            srv = Server(command, env, pass_fds)
+            started.append(srv)
+            return srv
+        args = [*extra_args]
+        chosen = any(a.startswith(("--port", "--uds", "--fd")) for a in args) or any(
+            k in (env or {}) for k in ("FULMEN_PORT", "FULMEN_UDS", "FULMEN_FD"))
+        if not chosen:
+            args = ["--port", "0", *args]
+        if app_spec is not None:
+            args.append(app_spec)
+        srv = Server([sys.executable, "-m", "fulmen", *args], env, pass_fds)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.kill()
