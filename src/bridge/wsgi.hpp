@@ -1,0 +1,54 @@
+// WSGI (PEP 3333) on the engine: builds environ from a parsed request, calls the app, and streams
+// its response through the Exchange with backpressure. Runs with the GIL held, on whichever thread
+// owns the connection (the loop thread, or a pool thread).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bridge/py_ref.hpp"
+#include "core/http1/exchange.hpp"
+
+namespace fulmen::bridge {
+
+struct ListenerInfo {
+  std::string server_name;
+  int server_port = 0;
+  bool is_unix = false;
+};
+
+struct WsgiOptions {
+  std::string root_path;   // SCRIPT_NAME; stripped from the front of PATH_INFO
+  std::string url_scheme;  // wsgi.url_scheme
+  bool multithread = false;
+  bool multiprocess = false;
+};
+
+// Registers the Python types (call once, from module init). Returns false with an error set.
+bool wsgi_init_types(PyObject* module) noexcept;
+
+class WsgiHandler final : public http1::AppHandler {
+ public:
+  // Returns null with a Python error set.
+  static std::unique_ptr<WsgiHandler> create(PyObject* app, PyObject* error_log,
+                                             const std::vector<ListenerInfo>& listeners,
+                                             const WsgiOptions& options) noexcept;
+  ~WsgiHandler() override;
+
+  void on_request(http1::Exchange& ex) noexcept override;
+  void on_resume(http1::Exchange& ex) noexcept override;
+  void on_abort(http1::Exchange& ex) noexcept override;
+
+  // Logs the pending Python exception through error_log (clears it). Never raises.
+  void log_exception(const char* message) noexcept;
+  void log_message(const char* message) noexcept;
+
+  struct Impl;
+
+ private:
+  WsgiHandler() = default;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fulmen::bridge

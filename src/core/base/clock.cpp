@@ -1,0 +1,31 @@
+// Cached clocks; see clock.hpp.
+#include "core/base/clock.hpp"
+
+#include <cstdio>
+
+namespace fulmen::base {
+
+namespace {
+constexpr const char* kDays[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+}  // namespace
+
+void Clock::update() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  now_ms_ = int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+  timespec wall;
+  clock_gettime(CLOCK_REALTIME_COARSE, &wall);
+  if (wall.tv_sec == wall_sec_) return;
+  wall_sec_ = wall.tv_sec;
+  tm t;
+  gmtime_r(&wall_sec_, &t);
+  std::snprintf(http_date_, sizeof http_date_, "%s, %02d %s %04d %02d:%02d:%02d GMT",
+                kDays[t.tm_wday], t.tm_mday, kMonths[t.tm_mon], t.tm_year + 1900, t.tm_hour,
+                t.tm_min, t.tm_sec);
+  std::snprintf(log_date_, sizeof log_date_, "%02d/%s/%04d:%02d:%02d:%02d +0000", t.tm_mday,
+                kMonths[t.tm_mon], t.tm_year + 1900, t.tm_hour, t.tm_min, t.tm_sec);
+}
+
+}  // namespace fulmen::base

@@ -1,0 +1,861 @@
+// HTTP/1.1 connection state machine; see connection.hpp.
+#include "core/http1/connection.hpp"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/base/ascii.hpp"
+#include "core/http1/status.hpp"
+#include "core/server.hpp"
+
+namespace fulmen::http1 {
+
+namespace {
+
+// Bodies at least this large are written straight from the app's memory (writev together with
+// whatever is queued) instead of being copied into the output buffer first.
+constexpr size_t kDirectWrite = 16 * 1024;
+// How much of an unread request body we are willing to read and drop to keep a connection alive.
+constexpr uint64_t kMaxDiscard = 1024 * 1024;
+
+constexpr std::string_view kCRLF = "\r\n";
+
+bool bad_value_byte(unsigned char c) noexcept { return c == '\r' || c == '\n' || c == 0; }
+
+}  // namespace
+
+Connection::Connection(Server* server)
+    : server_(server), chunked_(server->config().limits) {
+  headers_.resize(std::max<size_t>(server->config().limits.max_fields, 1));
+  timer.owner = this;
+}
+
+Connection::~Connection() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void Connection::open(int fd, const sockaddr* addr, socklen_t len, int listener_index,
+                      bool is_unix) noexcept {
+  fd_ = fd;
+  listener_ = listener_index;
+  is_unix_ = is_unix;
+  state_ = State::kReadHead;
+  readable_ = false;
+  peer_eof_ = false;
+  failed_ = false;
+  paused_ = false;
+  blocking_ = false;
+  scan_from_ = 0;
+  keep_alive_ = true;
+  addr_len_ = 0;
+  port_ = 0;
+  if (!is_unix && addr) {
+    if (addr->sa_family == AF_INET) {
+      auto* a = reinterpret_cast<const sockaddr_in*>(addr);
+      inet_ntop(AF_INET, &a->sin_addr, addr_text_, sizeof addr_text_);
+      port_ = ntohs(a->sin_port);
+    } else if (addr->sa_family == AF_INET6) {
+      auto* a = reinterpret_cast<const sockaddr_in6*>(addr);
+      if (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr)) {
+        inet_ntop(AF_INET, &a->sin6_addr.s6_addr[12], addr_text_, sizeof addr_text_);
+      } else {
+        inet_ntop(AF_INET6, &a->sin6_addr, addr_text_, sizeof addr_text_);
+      }
+      port_ = ntohs(a->sin6_port);
+    }
+    addr_len_ = uint8_t(strnlen(addr_text_, sizeof addr_text_));
+  }
+  arm_timer_for_state();
+}
+
+// ---- event handling --------------------------------------------------------------------------
+
+void Connection::on_io(uint32_t events) noexcept {
+  if (lent_.load(std::memory_order_acquire)) {
+    // A pool thread owns us: only remember that something happened.
+    missed_events_.fetch_or(events, std::memory_order_relaxed);
+    return;
+  }
+  if (state_ == State::kClosed) return;
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) readable_ = true;
+  if (events & EPOLLERR) {
+    failed_ = true;
+  }
+  drive();
+}
+
+void Connection::drive() noexcept {
+  for (;;) {
+    if (failed_) {
+      close_now();
+      return;
+    }
+    switch (state_) {
+      case State::kClosed:
+      case State::kLent:
+        return;
+      case State::kReadHead:
+        if (step_read_head()) continue;
+        break;
+      case State::kInApp:
+        // Inline mode, paused on output: resume the producer once everything queued went out.
+        if (paused_) {
+          if (!flush()) break;
+          paused_ = false;
+          server_->app()->on_resume(*this);
+          continue;
+        }
+        break;
+      case State::kDiscardBody:
+        if (step_discard()) continue;
+        break;
+      case State::kClosing:
+        if (!flush()) break;
+        if (failed_) continue;
+        ::shutdown(fd_, SHUT_WR);
+        state_ = State::kLingering;
+        release_buffers();
+        continue;
+      case State::kLingering: {
+        char scratch[4096];
+        for (;;) {
+          ssize_t n = ::read(fd_, scratch, sizeof scratch);
+          if (n > 0) continue;
+          if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            close_now();
+            return;
+          }
+          break;
+        }
+        break;
+      }
+    }
+    break;  // waiting for I/O
+  }
+  if (state_ == State::kClosed || state_ == State::kLent) return;
+  if (out_pending() && !flush() && failed_) {
+    close_now();
+    return;
+  }
+  arm_timer_for_state();
+}
+
+void Connection::arm_timer_for_state() noexcept {
+  auto now = server_->loop().clock().now_ms();
+  switch (state_) {
+    case State::kReadHead:
+      if (in_ && in_->end() > 0) {
+        if (timer.list != &server_->header_timers()) server_->header_timers().arm(timer, now);
+      } else if (out_pending()) {
+        server_->io_timers().arm(timer, now);
+      } else {
+        server_->keep_alive_timers().arm(timer, now);
+      }
+      break;
+    case State::kInApp:
+    case State::kDiscardBody:
+    case State::kClosing:
+      if (timer.list != &server_->io_timers()) server_->io_timers().arm(timer, now);
+      break;
+    case State::kLingering:
+      if (timer.list != &server_->linger_timers()) server_->linger_timers().arm(timer, now);
+      break;
+    case State::kClosed:
+    case State::kLent:
+      net::TimerList::disarm(timer);
+      break;
+  }
+}
+
+void Connection::on_timer() noexcept {
+  // Header timeout, keep-alive expiry, a stalled writer or body, or the end of lingering: all end
+  // the connection. A paused app is told through on_abort().
+  close_now();
+}
+
+void Connection::stop_if_idle() noexcept {
+  if (state_ == State::kReadHead && (!in_ || in_->end() == 0) && !out_pending()) close_now();
+}
+
+void Connection::close_now() noexcept {
+  if (state_ == State::kClosed) return;
+  if (state_ == State::kInApp && paused_) {
+    paused_ = false;
+    server_->app()->on_abort(*this);
+  }
+  net::TimerList::disarm(timer);
+  server_->loop().remove(fd_);
+  ::close(fd_);
+  fd_ = -1;
+  state_ = State::kClosed;
+  file_left_ = 0;
+  release_buffers();
+  server_->release(this);
+}
+
+void Connection::force_shutdown() noexcept {
+  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+}
+
+void Connection::release_buffers() noexcept {
+  if (in_) server_->in_pool().put(std::move(in_));
+  if (out_) server_->out_pool().put(std::move(out_));
+}
+
+void Connection::ensure_in() noexcept {
+  if (!in_) in_ = server_->in_pool().get();
+}
+
+void Connection::ensure_out() noexcept {
+  if (!out_) out_ = server_->out_pool().get();
+}
+
+Connection::ReadResult Connection::read_some() noexcept {
+  ensure_in();
+  size_t space = in_->space();
+  if (space == 0) return ReadResult::kFull;
+  for (;;) {
+    ssize_t n = ::read(fd_, in_->end_ptr(), space);
+    if (n > 0) {
+      in_->commit(size_t(n));
+      // A short read drained the socket; the next byte to arrive raises a new edge.
+      if (size_t(n) < space) readable_ = false;
+      return ReadResult::kGot;
+    }
+    if (n == 0) {
+      readable_ = false;
+      peer_eof_ = true;
+      return ReadResult::kEof;
+    }
+    if (errno == EINTR) continue;
+    readable_ = false;
+    if (errno == EAGAIN) return ReadResult::kAgain;
+    return ReadResult::kError;
+  }
+}
+
+// ---- reading request heads --------------------------------------------------------------------
+
+// Returns true when the state changed and drive() should run again.
+bool Connection::step_read_head() noexcept {
+  for (;;) {
+    if (in_ && in_->end() > 0) {
+      ParseError err = ParseError::kNone;
+      req_.headers = headers_.data();
+      req_.headers_capacity = headers_.size();
+      ptrdiff_t r = parse_request_head(in_->data(), in_->end(), server_->config().limits, req_,
+                                       &err, &scan_from_, in_->capacity());
+      if (r > 0) {
+        begin_exchange(size_t(r));
+        return true;
+      }
+      if (r == kError) {
+        reject(err);
+        return true;
+      }
+    }
+    if (server_->stopping() && (!in_ || in_->end() == 0) && !out_pending()) {
+      close_now();
+      return false;
+    }
+    if (!readable_) {
+      if (in_ && in_->end() == 0 && !out_pending()) release_buffers();
+      return false;
+    }
+    switch (read_some()) {
+      case ReadResult::kGot:
+        continue;
+      case ReadResult::kAgain:
+        continue;  // readable_ is now false
+      case ReadResult::kFull:  // the parser rejects heads that fill the buffer; not reached
+      case ReadResult::kEof:
+      case ReadResult::kError:
+        if (out_pending()) {
+          // Answer what was already asked, then close.
+          keep_alive_ = false;
+          state_ = State::kClosing;
+          return true;
+        }
+        close_now();
+        return false;
+    }
+  }
+}
+
+void Connection::begin_exchange(size_t head_len) noexcept {
+  head_len_ = head_len;
+  body_pos_ = head_len;
+  cur_off_ = cur_len_ = 0;
+  body_error_ = BodyError::kNone;
+  chunked_.reset();
+  switch (req_.body) {
+    case BodyKind::kNone:
+      body_done_ = true;
+      body_left_ = 0;
+      break;
+    case BodyKind::kLength:
+      body_left_ = req_.content_length;
+      body_done_ = body_left_ == 0;
+      break;
+    case BodyKind::kChunked:
+      body_left_ = 0;
+      body_done_ = false;
+      break;
+  }
+  continue_pending_ = req_.expect_continue && !body_done_;
+  started_ = finished_ = false;
+  chunked_out_ = no_body_ = file_crlf_ = false;
+  status_ = 0;
+  declared_len_ = -1;
+  sent_ = 0;
+  file_left_ = 0;
+  keep_alive_ = req_.keep_alive && !server_->stopping();
+  paused_ = false;
+  app_state = nullptr;
+  server_->count_request();
+  net::TimerList::disarm(timer);
+  if (server_->config().threads > 1) {
+    state_ = State::kLent;
+    blocking_ = true;
+    lent_.store(true, std::memory_order_release);
+    server_->dispatch_to_pool(this);
+    return;
+  }
+  state_ = State::kInApp;
+  blocking_ = false;
+  server_->app()->on_request(*this);
+  if (state_ == State::kInApp && !paused_ && !finished_) {
+    // The handler returned without finishing or pausing: never leave the client hanging.
+    if (!started_) {
+      send_simple(500, "Internal Server Error\n", true);
+    } else {
+      abort();
+    }
+  }
+}
+
+void Connection::serve_lent() noexcept {
+  server_->app()->on_request(*this);
+  if (!finished_) {
+    if (!started_) send_simple(500, "Internal Server Error\n", true);
+    else abort();
+  }
+  server_->return_from_pool(this);
+}
+
+void Connection::on_returned() noexcept {
+  lent_.store(false, std::memory_order_release);
+  missed_events_.store(0, std::memory_order_relaxed);
+  blocking_ = false;
+  readable_ = true;  // an edge may have fired while we were away: look
+  if (state_ == State::kLent) state_ = State::kReadHead;  // not reached: finish() moves on
+  drive();
+}
+
+// Called once the response is complete (finish) on the thread that owns the connection: decides
+// what happens to the rest of the request body and to the connection. Touches no loop state.
+void Connection::after_response() noexcept {
+  if (server_->stopping()) keep_alive_ = false;
+  if (!body_done_ && body_error_ == BodyError::kNone && keep_alive_) {
+    if (continue_pending_) {
+      // The client is waiting for our go-ahead that will never come; it may or may not send the
+      // body anyway, so the connection cannot be reused safely (RFC 9110 section 10.1.1).
+      keep_alive_ = false;
+    } else {
+      uint64_t left = req_.body == BodyKind::kLength ? body_left_ : kMaxDiscard;
+      if (left > kMaxDiscard) keep_alive_ = false;
+    }
+  }
+  if (body_error_ != BodyError::kNone) keep_alive_ = false;
+  if (!keep_alive_) {
+    state_ = State::kClosing;
+    return;
+  }
+  if (!body_done_) {
+    state_ = State::kDiscardBody;
+    return;
+  }
+  // Move pipelined bytes (if any) to the front; the old head's views die here.
+  size_t rest = in_ ? in_->end() - body_pos_ : 0;
+  if (in_) {
+    if (rest) std::memmove(in_->data(), in_->data() + body_pos_, rest);
+    in_->set_window(0, rest);
+  }
+  scan_from_ = 0;
+  head_len_ = body_pos_ = 0;
+  state_ = State::kReadHead;
+}
+
+bool Connection::step_discard() noexcept {
+  uint64_t dropped = 0;
+  for (;;) {
+    std::string_view data;
+    BodyStatus s = body_peek(&data, false);
+    if (s == BodyStatus::kData) {
+      body_consume(data.size());
+      dropped += data.size();
+      continue;
+    }
+    if (s == BodyStatus::kEof) {
+      after_response();  // body done now: continue with the next request
+      return true;
+    }
+    if (s == BodyStatus::kWouldBlock) return false;
+    keep_alive_ = false;
+    state_ = State::kClosing;
+    return true;
+  }
+}
+
+void Connection::reject(ParseError e) noexcept {
+  // Strict parsing: answer once, then close (the framing of anything after this is unknowable).
+  keep_alive_ = false;
+  started_ = false;
+  char body[160];
+  int status = error_status(e);
+  int n = snprintf(body, sizeof body, "%s: %s\n", status_reason(status).data(), error_reason(e));
+  req_.method_id = Method::kOther;  // not HEAD: the error body is sent
+  status_ = status;
+  write_simple(status, std::string_view(body, size_t(std::max(n, 0))));
+  state_ = State::kClosing;
+}
+
+// ---- request bodies ---------------------------------------------------------------------------
+
+bool Connection::decode_body() noexcept {
+  size_t avail = in_ ? in_->end() - body_pos_ : 0;
+  if (avail == 0) return false;
+  if (req_.body == BodyKind::kLength) {
+    size_t take = size_t(std::min<uint64_t>(avail, body_left_));
+    cur_off_ = body_pos_;
+    cur_len_ = take;
+    body_pos_ += take;
+    body_left_ -= take;
+    if (body_left_ == 0) body_done_ = true;
+    return true;
+  }
+  auto r = chunked_.feed(in_->data() + body_pos_, avail);
+  if (r.error != ParseError::kNone) {
+    body_error_ = r.error == ParseError::kBodyTooLarge ? BodyError::kTooLarge : BodyError::kMalformed;
+    return true;
+  }
+  cur_off_ = r.data.empty() ? body_pos_ : size_t(r.data.data() - in_->data());
+  cur_len_ = r.data.size();
+  body_pos_ += r.consumed;
+  if (r.done) body_done_ = true;
+  return true;
+}
+
+Exchange::BodyStatus Connection::body_peek(std::string_view* out, bool block) noexcept {
+  for (;;) {
+    if (body_error_ != BodyError::kNone) return BodyStatus::kError;
+    if (cur_len_ > 0) {
+      *out = std::string_view(in_->data() + cur_off_, cur_len_);
+      return BodyStatus::kData;
+    }
+    if (body_done_) return BodyStatus::kEof;
+    if (decode_body()) continue;
+    // Nothing buffered: everything up to body_pos_ is consumed, so reuse the space after the head.
+    if (in_) in_->set_window(0, head_len_);
+    body_pos_ = head_len_;
+    if (continue_pending_ && !started_) {
+      if (!send_continue()) {
+        body_error_ = BodyError::kDisconnected;
+        return BodyStatus::kError;
+      }
+    }
+    if (failed_) {
+      body_error_ = BodyError::kDisconnected;
+      return BodyStatus::kError;
+    }
+    ReadResult rr = read_some();
+    if (rr == ReadResult::kGot) continue;
+    if (rr == ReadResult::kAgain) {
+      if (!block) return BodyStatus::kWouldBlock;
+      if (!wait_fd(POLLIN, server_->config().body_timeout_ms)) {
+        body_error_ = BodyError::kTimeout;
+        return BodyStatus::kError;
+      }
+      continue;
+    }
+    body_error_ = BodyError::kDisconnected;  // EOF or error before the body was complete
+    return BodyStatus::kError;
+  }
+}
+
+void Connection::body_consume(size_t n) noexcept {
+  n = std::min(n, cur_len_);
+  cur_off_ += n;
+  cur_len_ -= n;
+}
+
+bool Connection::send_continue() noexcept {
+  continue_pending_ = false;
+  static constexpr std::string_view k100 = "HTTP/1.1 100 Continue\r\n\r\n";
+  ensure_out();
+  out_->append(k100);
+  return flush_blocking();
+}
+
+bool Connection::wait_fd(short events, int64_t timeout_ms) noexcept {
+  pollfd p{fd_, events, 0};
+  BlockHooks* hooks = server_->block_hooks();
+  hooks->before_block();
+  int r;
+  do {
+    r = ::poll(&p, 1, int(timeout_ms));
+  } while (r < 0 && errno == EINTR);
+  hooks->after_block();
+  return r > 0;
+}
+
+// ---- responses --------------------------------------------------------------------------------
+
+Exchange::StartError Connection::start_response(int status, std::string_view reason,
+                                                const Header* headers, size_t n) noexcept {
+  if (started_) return StartError::kAlreadyStarted;
+  if (status < 100 || status > 999) return StartError::kBadStatus;
+  for (char c : reason)
+    if (bad_value_byte(static_cast<unsigned char>(c))) return StartError::kBadStatus;
+  bool has_server = false, has_date = false;
+  int64_t declared = -1;
+  // Validate everything before writing anything, so a bad header leaves no partial output.
+  for (size_t i = 0; i < n; ++i) {
+    std::string_view name = headers[i].name, value = headers[i].value;
+    if (!base::is_token(name)) return StartError::kBadHeader;
+    for (char c : value)
+      if (bad_value_byte(static_cast<unsigned char>(c))) return StartError::kBadHeader;
+    switch (name.size()) {
+      case 4:
+        if (base::iequals(name, "date")) has_date = true;
+        break;
+      case 6:
+        if (base::iequals(name, "server")) has_server = true;
+        break;
+      case 14:
+        if (base::iequals(name, "content-length")) {
+          uint64_t v;
+          if (!base::parse_u64(value, &v)) return StartError::kBadHeader;
+          if (declared >= 0 && uint64_t(declared) != v) return StartError::kBadHeader;
+          declared = int64_t(v);
+        }
+        break;
+      case 10:
+        if (base::iequals(name, "connection") && base::list_has_token(value, "close"))
+          keep_alive_ = false;
+        break;
+      default:
+        break;
+    }
+  }
+  ensure_out();
+  base::Buffer& o = *out_;
+  char num[24];
+  o.append("HTTP/1.1 ");
+  o.append(num, base::format_u64(uint64_t(status), num));
+  o.append(" ");
+  o.append(reason.empty() ? status_reason(status) : reason);
+  o.append(kCRLF);
+  if (!has_server) o.append("Server: fulmen\r\n");
+  if (!has_date) {
+    o.append("Date: ");
+    o.append(server_->loop().clock().http_date());
+    o.append(kCRLF);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    std::string_view name = headers[i].name;
+    // Hop-by-hop fields are the server's business (PEP 3333); we frame the message ourselves.
+    if ((name.size() == 10 && (base::iequals(name, "connection") || base::iequals(name, "keep-alive"))) ||
+        (name.size() == 17 && base::iequals(name, "transfer-encoding")))
+      continue;
+    o.append(name);
+    o.append(": ");
+    o.append(headers[i].value);
+    o.append(kCRLF);
+  }
+  status_ = status;
+  declared_len_ = declared;
+  no_body_ = req_.method_id == Method::kHead || status < 200 || status == 204 || status == 304;
+  if (declared < 0 && !no_body_) {
+    if (req_.version_minor >= 1) {
+      o.append("Transfer-Encoding: chunked\r\n");
+      chunked_out_ = true;
+    } else {
+      keep_alive_ = false;  // HTTP/1.0 without a length: the close delimits the body
+    }
+  }
+  if (server_->stopping()) keep_alive_ = false;
+  if (!keep_alive_) {
+    o.append("Connection: close\r\n");
+  } else if (req_.version_minor == 0) {
+    o.append("Connection: keep-alive\r\n");
+  }
+  o.append(kCRLF);
+  started_ = true;
+  continue_pending_ = continue_pending_ && body_done_;  // no 100 after a final status
+  return StartError::kNone;
+}
+
+Exchange::WriteStatus Connection::write(const char* data, size_t n) noexcept {
+  if (failed_ || !started_ || finished_) return WriteStatus::kError;
+  if (no_body_ || n == 0) return WriteStatus::kOk;
+  if (declared_len_ >= 0) {
+    uint64_t room = uint64_t(declared_len_) - sent_;
+    if (n > room) n = size_t(room);  // never more than the declared Content-Length
+    if (n == 0) return WriteStatus::kOk;
+  }
+  sent_ += n;
+  char hdr[24];
+  size_t hlen = 0;
+  if (chunked_out_) {
+    hlen = base::format_hex(n, hdr);
+    hdr[hlen++] = '\r';
+    hdr[hlen++] = '\n';
+  }
+  ensure_out();
+  if (n >= kDirectWrite && file_left_ == 0) {
+    // Large body: one writev of what is queued plus the app's bytes; copy only what did not go out.
+    iovec iov[4];
+    int cnt = 0;
+    if (!out_->empty()) iov[cnt++] = {out_->begin_ptr(), out_->size()};
+    if (hlen) iov[cnt++] = {hdr, hlen};
+    iov[cnt++] = {const_cast<char*>(data), n};
+    if (chunked_out_) iov[cnt++] = {const_cast<char*>(kCRLF.data()), 2};
+    size_t total = 0;
+    for (int i = 0; i < cnt; ++i) total += iov[i].iov_len;
+    ssize_t w;
+    do {
+      w = ::writev(fd_, iov, cnt);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0) {
+      if (errno != EAGAIN) {
+        failed_ = true;
+        return WriteStatus::kError;
+      }
+      w = 0;
+    }
+    size_t done = size_t(w);
+    if (done == total) {
+      out_->clear();
+      return WriteStatus::kOk;
+    }
+    // Keep the unsent tail, in order, in the output buffer.
+    size_t skip = done;
+    std::unique_ptr<base::Buffer> rest = server_->out_pool().get();
+    rest->ensure_space(total - done);
+    for (int i = 0; i < cnt; ++i) {
+      if (skip >= iov[i].iov_len) {
+        skip -= iov[i].iov_len;
+        continue;
+      }
+      rest->append(static_cast<char*>(iov[i].iov_base) + skip, iov[i].iov_len - skip);
+      skip = 0;
+    }
+    server_->out_pool().put(std::move(out_));
+    out_ = std::move(rest);
+    return after_queue();
+  }
+  if (hlen) out_->append(hdr, hlen);
+  out_->append(data, n);
+  if (chunked_out_) out_->append(kCRLF);
+  return after_queue();
+}
+
+Exchange::WriteStatus Connection::after_queue() noexcept {
+  size_t high = server_->config().output_high_watermark;
+  if ((!out_ || out_->size() <= high) && file_left_ == 0) return WriteStatus::kOk;
+  if (flush()) return WriteStatus::kOk;
+  if (failed_) return WriteStatus::kError;
+  if (blocking_) return flush_blocking() ? WriteStatus::kOk : WriteStatus::kError;
+  if (file_left_ == 0 && out_->size() <= high) return WriteStatus::kOk;
+  paused_ = true;
+  return WriteStatus::kPause;
+}
+
+Exchange::WriteStatus Connection::send_file(int fd, int64_t offset, int64_t count) noexcept {
+  if (failed_ || !started_ || finished_) return WriteStatus::kError;
+  if (count < 0) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return WriteStatus::kError;
+    count = std::max<int64_t>(0, st.st_size - offset);
+  }
+  if (no_body_ || count == 0) return WriteStatus::kOk;
+  if (declared_len_ >= 0) count = std::min<int64_t>(count, declared_len_ - int64_t(sent_));
+  if (count <= 0) return WriteStatus::kOk;
+  sent_ += uint64_t(count);
+  ensure_out();
+  if (chunked_out_) {
+    char hdr[24];
+    size_t hlen = base::format_hex(uint64_t(count), hdr);
+    hdr[hlen++] = '\r';
+    hdr[hlen++] = '\n';
+    out_->append(hdr, hlen);
+    file_crlf_ = true;
+  }
+  file_fd_ = fd;
+  file_off_ = offset;
+  file_left_ = count;
+  return after_queue();
+}
+
+bool Connection::flush() noexcept {
+  if (failed_) return false;
+  while (out_ && !out_->empty()) {
+    ssize_t n = ::write(fd_, out_->begin_ptr(), out_->size());
+    if (n > 0) {
+      out_->consume(size_t(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return false;
+    failed_ = true;
+    return false;
+  }
+  while (file_left_ > 0) {
+    off_t off = file_off_;
+    ssize_t n = ::sendfile(fd_, file_fd_, &off, size_t(std::min<int64_t>(file_left_, 1 << 30)));
+    if (n > 0) {
+      file_off_ = off;
+      file_left_ -= n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return false;
+    // n == 0: the file is shorter than promised; the framing is broken, so close.
+    failed_ = true;
+    return false;
+  }
+  if (file_crlf_) {
+    file_crlf_ = false;
+    ensure_out();
+    out_->append(kCRLF);
+    return flush();
+  }
+  if (out_ && state_ != State::kInApp && state_ != State::kLent) {
+    server_->out_pool().put(std::move(out_));
+  }
+  return true;
+}
+
+bool Connection::flush_blocking() noexcept {
+  while (!flush()) {
+    if (failed_) return false;
+    if (!wait_fd(POLLOUT, server_->config().body_timeout_ms)) {
+      failed_ = true;
+      return false;
+    }
+  }
+  return true;
+}
+
+bool Connection::finish() noexcept {
+  if (finished_) return !failed_;
+  if (!started_) {
+    send_simple(500, "Internal Server Error\n", true);
+    return !failed_;
+  }
+  finished_ = true;
+  paused_ = false;
+  if (chunked_out_ && !failed_) {
+    ensure_out();
+    out_->append("0\r\n\r\n");
+  }
+  if (declared_len_ >= 0 && sent_ < uint64_t(declared_len_) && !no_body_) {
+    keep_alive_ = false;  // the client is still waiting for bytes that will never come
+  }
+  if (server_->config().access_log_fd >= 0) log_access();
+  if (blocking_ && !failed_) flush_blocking();
+  if (!failed_) after_response();
+  if (blocking_) {
+    // Pool thread: the loop takes it from here (timers and epoll are the loop's).
+    if (state_ == State::kInApp) state_ = State::kReadHead;
+  }
+  return !failed_;
+}
+
+void Connection::abort() noexcept {
+  finished_ = true;
+  paused_ = false;
+  keep_alive_ = false;
+  failed_ = true;
+  if (server_->config().access_log_fd >= 0 && started_) log_access();
+}
+
+void Connection::send_simple(int status, std::string_view body, bool close) noexcept {
+  if (started_) {
+    abort();
+    return;
+  }
+  if (close) keep_alive_ = false;
+  write_simple(status, body);
+  finished_ = true;
+  if (server_->config().access_log_fd >= 0) log_access();
+  if (blocking_ && !failed_) flush_blocking();
+  if (!failed_) after_response();
+}
+
+void Connection::write_simple(int status, std::string_view body) noexcept {
+  ensure_out();
+  base::Buffer& o = *out_;
+  char num[24];
+  o.append("HTTP/1.1 ");
+  o.append(num, base::format_u64(uint64_t(status), num));
+  o.append(" ");
+  o.append(status_reason(status));
+  o.append("\r\nServer: fulmen\r\nDate: ");
+  o.append(server_->loop().clock().http_date());
+  o.append("\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+  o.append(num, base::format_u64(body.size(), num));
+  o.append(keep_alive_ && !server_->stopping() ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
+  if (req_.method_id != Method::kHead) o.append(body);
+  started_ = true;
+  status_ = status;
+  sent_ = body.size();
+}
+
+void Connection::log_access() noexcept {
+  // Common Log Format plus referer and user agent (Gunicorn's default access format).
+  char line[2048];
+  size_t n = 0;
+  auto put = [&](std::string_view s) {
+    size_t k = std::min(s.size(), sizeof line - 1 - n);
+    std::memcpy(line + n, s.data(), k);
+    n += k;
+  };
+  std::string_view referer = "-", agent = "-";
+  for (size_t i = 0; i < req_.num_headers; ++i) {
+    const Header& h = req_.headers[i];
+    if (h.name.size() == 7 && base::iequals(h.name, "referer")) referer = h.value;
+    if (h.name.size() == 10 && base::iequals(h.name, "user-agent")) agent = h.value;
+  }
+  char num[24];
+  put(is_unix_ ? std::string_view("unix") : remote_addr());
+  put(" - - [");
+  put(server_->loop().clock().log_date());
+  put("] \"");
+  put(req_.method);
+  put(" ");
+  put(req_.target.substr(0, 1024));
+  put(req_.version_minor ? " HTTP/1.1\" " : " HTTP/1.0\" ");
+  put(std::string_view(num, base::format_u64(uint64_t(status_), num)));
+  put(" ");
+  put(std::string_view(num, base::format_u64(sent_, num)));
+  put(" \"");
+  put(referer.substr(0, 256));
+  put("\" \"");
+  put(agent.substr(0, 256));
+  put("\"\n");
+  server_->access_log(std::string_view(line, n));
+}
+
+}  // namespace fulmen::http1

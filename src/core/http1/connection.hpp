@@ -1,0 +1,146 @@
+// One HTTP/1.1 connection: reads and parses request heads, streams bodies to the app, queues and
+// batches responses, and closes cleanly. It is the Exchange the bridge talks to.
+//
+// Ownership: the loop thread owns a connection, except while it is lent to a pool thread
+// (threads > 1); then only that thread touches it, and the loop only records missed events.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "core/base/buffer.hpp"
+#include "core/http1/exchange.hpp"
+#include "core/http1/parser.hpp"
+#include "core/net/loop.hpp"
+#include "core/net/timer.hpp"
+
+namespace fulmen {
+class Server;
+}
+
+namespace fulmen::http1 {
+
+class Connection final : public net::IoHandler, public Exchange {
+ public:
+  explicit Connection(Server* server);
+  ~Connection() override;
+
+  void open(int fd, const sockaddr* addr, socklen_t len, int listener_index, bool is_unix) noexcept;
+  void on_io(uint32_t events) noexcept override;
+  void on_timer() noexcept;
+  // Graceful stop: close now if idle between requests; otherwise finish and close after.
+  void stop_if_idle() noexcept;
+  void close_now() noexcept;
+  // Pool mode: runs the app on the calling (pool) thread, then hands the connection back.
+  void serve_lent() noexcept;
+  // Pool mode: back on the loop thread.
+  void on_returned() noexcept;
+  bool is_open() const noexcept { return state_ != State::kClosed; }
+  bool is_lent() const noexcept { return lent_.load(std::memory_order_acquire); }
+  void force_shutdown() noexcept;  // makes a lent connection's blocking I/O fail
+
+  net::TimerNode timer;  // armed on one of the server's timer lists, by state
+
+  // ---- Exchange -------------------------------------------------------------------------------
+  const Request& request() const noexcept override { return req_; }
+  std::string_view remote_addr() const noexcept override { return {addr_text_, addr_len_}; }
+  int remote_port() const noexcept override { return port_; }
+  int listener_index() const noexcept override { return listener_; }
+  BodyStatus body_peek(std::string_view* out, bool block) noexcept override;
+  void body_consume(size_t n) noexcept override;
+  BodyError body_error() const noexcept override { return body_error_; }
+  StartError start_response(int status, std::string_view reason, const Header* headers,
+                            size_t n) noexcept override;
+  WriteStatus write(const char* data, size_t n) noexcept override;
+  WriteStatus send_file(int fd, int64_t offset, int64_t count) noexcept override;
+  bool finish() noexcept override;
+  void abort() noexcept override;
+  bool response_started() const noexcept override { return started_; }
+  void send_simple(int status, std::string_view body, bool close) noexcept override;
+
+ private:
+  enum class State : uint8_t {
+    kClosed,
+    kReadHead,     // waiting for / parsing the next request head
+    kInApp,        // the app owns the exchange (inline: running or paused on output)
+    kLent,         // pool mode: a pool thread owns everything
+    kDiscardBody,  // response done; reading and dropping the unread rest of the request body
+    kClosing,      // last response queued; flush, then half-close and linger
+    kLingering,    // write side shut; drain what the client still sends, then close
+  };
+  enum class ReadResult : uint8_t { kGot, kAgain, kEof, kFull, kError };
+
+  void drive() noexcept;
+  bool step_read_head() noexcept;
+  bool step_discard() noexcept;
+  void begin_exchange(size_t head_len) noexcept;
+  void after_response() noexcept;
+  void reject(ParseError e) noexcept;
+  void write_simple(int status, std::string_view body) noexcept;
+  ReadResult read_some() noexcept;
+  bool decode_body() noexcept;  // refills cur_ from buffered bytes; false if none buffered
+  bool flush() noexcept;        // true when everything queued went out
+  bool flush_blocking() noexcept;
+  bool wait_fd(short events, int64_t timeout_ms) noexcept;
+  WriteStatus after_queue() noexcept;
+  bool send_continue() noexcept;
+  void log_access() noexcept;
+  void arm_timer_for_state() noexcept;
+  void release_buffers() noexcept;
+  void ensure_in() noexcept;
+  void ensure_out() noexcept;
+  bool out_pending() const noexcept { return (out_ && !out_->empty()) || file_left_ > 0; }
+
+  Server* server_;
+  int fd_ = -1;
+  State state_ = State::kClosed;
+  std::atomic<bool> lent_{false};        // read by the loop thread while a pool thread owns us
+  std::atomic<uint32_t> missed_events_{0};
+  bool readable_ = false;    // edge-triggered: the socket may have unread bytes
+  bool peer_eof_ = false;    // read() returned 0
+  bool failed_ = false;      // a write failed or the app aborted: close when control returns
+  bool paused_ = false;      // inline mode: producer waits for on_resume
+  bool blocking_ = false;    // pool mode: writes wait instead of pausing
+  bool is_unix_ = false;
+  int listener_ = 0;
+  int port_ = 0;
+  uint8_t addr_len_ = 0;
+  char addr_text_[46] = {};  // INET6_ADDRSTRLEN
+
+  std::unique_ptr<base::Buffer> in_;   // pooled; holds the head (kept in place) and body bytes
+  std::unique_ptr<base::Buffer> out_;  // pooled; queued response bytes
+  std::vector<Header> headers_;        // parser output storage, sized by limits.max_fields
+  Request req_;
+  size_t scan_from_ = 0;
+  size_t head_len_ = 0;
+
+  // Request body state.
+  ChunkedDecoder chunked_;
+  size_t body_pos_ = 0;         // offset in in_ of bytes not yet decoded
+  size_t cur_off_ = 0;          // decoded body bytes awaiting consumption: [cur_off_, +cur_len_)
+  size_t cur_len_ = 0;
+  uint64_t body_left_ = 0;      // Content-Length bodies: bytes still to come
+  bool body_done_ = true;
+  bool continue_pending_ = false;  // "Expect: 100-continue" and no 100 sent yet
+  BodyError body_error_ = BodyError::kNone;
+
+  // Response state.
+  bool started_ = false;
+  bool finished_ = false;
+  bool keep_alive_ = true;
+  bool chunked_out_ = false;
+  bool no_body_ = false;        // HEAD, 1xx, 204, 304
+  bool file_crlf_ = false;      // a chunk of file data needs its closing CRLF once sent
+  int status_ = 0;
+  int64_t declared_len_ = -1;   // the app's Content-Length, -1 if none
+  uint64_t sent_ = 0;           // body bytes accepted from the app (after clamping)
+  int file_fd_ = -1;            // borrowed from the app's file object while file_left_ > 0
+  int64_t file_off_ = 0;
+  int64_t file_left_ = 0;
+};
+
+}  // namespace fulmen::http1

@@ -1,0 +1,77 @@
+// The app-facing side of one request/response on an HTTP/1.1 connection. The bridge (WSGI now,
+// ASGI later) sees only this: the parsed request, a body to pull from, and a response to push.
+// Everything here runs on the thread that currently owns the connection (the loop thread, or a
+// pool thread the connection is lent to), so nothing here locks.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "core/http1/parser.hpp"
+
+namespace fulmen::http1 {
+
+class Exchange {
+ public:
+  enum class BodyStatus : uint8_t {
+    kData,        // *out holds body bytes; call body_consume() for what you used
+    kEof,         // the body is complete
+    kWouldBlock,  // only when !block: nothing buffered yet
+    kError,       // malformed body, client gone or timed out: body_error() says which
+  };
+  enum class BodyError : uint8_t { kNone, kMalformed, kTooLarge, kDisconnected, kTimeout };
+  enum class WriteStatus : uint8_t {
+    kOk,     // accepted (sent or queued)
+    kPause,  // accepted, but the queue is over the high watermark: stop producing until on_resume
+    kError,  // the connection is gone; stop producing and call finish() or abort()
+  };
+  enum class StartError : uint8_t { kNone, kAlreadyStarted, kBadStatus, kBadHeader };
+
+  virtual ~Exchange() = default;
+
+  virtual const Request& request() const noexcept = 0;
+  virtual std::string_view remote_addr() const noexcept = 0;  // "" for unix sockets
+  virtual int remote_port() const noexcept = 0;               // 0 for unix sockets
+  virtual int listener_index() const noexcept = 0;
+
+  // Body: a view of the next decoded body bytes. block=true waits (poll, GIL released through the
+  // server's block hooks) up to the body timeout; the first wait sends "100 Continue" if expected.
+  virtual BodyStatus body_peek(std::string_view* out, bool block) noexcept = 0;
+  virtual void body_consume(size_t n) noexcept = 0;
+  virtual BodyError body_error() const noexcept = 0;
+
+  // Response. Headers are validated (no CR/LF/NUL, token names); hop-by-hop ones are handled by
+  // the engine: Connection/Keep-Alive/Transfer-Encoding from the app are dropped (Connection:
+  // close is honoured). Content-Length, if given, is enforced: extra bytes are dropped and a short
+  // body closes the connection. Without it, HTTP/1.1 gets chunked, HTTP/1.0 a close-delimited body.
+  virtual StartError start_response(int status, std::string_view reason, const Header* headers,
+                                    size_t n) noexcept = 0;
+  virtual WriteStatus write(const char* data, size_t n) noexcept = 0;
+  // Sends count bytes of fd from offset (sendfile). count < 0: to the end of the file.
+  virtual WriteStatus send_file(int fd, int64_t offset, int64_t count) noexcept = 0;
+  // The response is complete. Returns false if the connection had to be closed.
+  virtual bool finish() noexcept = 0;
+  // Something went wrong after the response started: close the connection.
+  virtual void abort() noexcept = 0;
+  virtual bool response_started() const noexcept = 0;
+  // Sends a complete error response (status, plain-text body) if nothing was sent yet.
+  virtual void send_simple(int status, std::string_view body, bool close) noexcept = 0;
+
+  void* app_state = nullptr;  // the bridge's per-exchange state while a response is paused
+};
+
+// Implemented by the bridge. Called on the thread that owns the connection.
+class AppHandler {
+ public:
+  virtual ~AppHandler() = default;
+  // A request head arrived. The handler either completes the response (finish/abort) before
+  // returning, or returns after a write said kPause, keeping its state in ex.app_state.
+  virtual void on_request(Exchange& ex) noexcept = 0;
+  // The output drained after a kPause: continue producing.
+  virtual void on_resume(Exchange& ex) noexcept = 0;
+  // The connection died while paused: release ex.app_state (close the app's iterable).
+  virtual void on_abort(Exchange& ex) noexcept = 0;
+};
+
+}  // namespace fulmen::http1

@@ -1,0 +1,262 @@
+// One worker's server loop; see server.hpp.
+#include "core/server.hpp"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <string>
+
+#include "core/http1/connection.hpp"
+
+namespace fulmen {
+
+namespace {
+constexpr int kAcceptBatch = 64;          // accepts per listener wake-up, so one busy listener
+                                          // cannot starve the connections already open
+constexpr int64_t kLingerMs = 2000;       // how long a closing connection drains the client
+constexpr int64_t kAcceptPauseMs = 100;   // back-off when out of file descriptors
+constexpr size_t kAccessFlushBytes = 32 * 1024;
+}  // namespace
+
+Server::Server(ServerConfig config, http1::AppHandler* app, base::Logger* logger)
+    : config_(std::move(config)),
+      app_(app),
+      logger_(logger),
+      in_pool_(config_.buffer_size),
+      out_pool_(16 * 1024),
+      keep_alive_timers_(config_.keep_alive_ms),
+      header_timers_(config_.header_timeout_ms),
+      io_timers_(config_.body_timeout_ms),
+      linger_timers_(kLingerMs) {
+  block_hooks_ = &no_hooks_;
+  if (config_.threads > 1) {
+    in_pool_.set_shared(true);
+    out_pool_.set_shared(true);
+  }
+  for (size_t i = 0; i < config_.listeners.size(); ++i)
+    listeners_.push_back(std::make_unique<Listener>(this, int(i), config_.listeners[i]));
+}
+
+Server::~Server() {
+  for (auto& c : all_conns_)
+    if (c->is_open() && !c->is_lent()) c->close_now();
+}
+
+ServerStats Server::stats() const noexcept {
+  ServerStats s = stats_;
+  s.buffers_allocated = in_pool_.allocated() + out_pool_.allocated();
+  s.connections_allocated = all_conns_.size();
+  return s;
+}
+
+void Server::stop(bool graceful) noexcept {
+  int want = graceful ? 1 : 2;
+  int cur = stop_request_.load();
+  while (cur < want && !stop_request_.compare_exchange_weak(cur, want)) {
+  }
+  loop_.wake();
+}
+
+int Server::run(net::LoopHooks* loop_hooks) noexcept {
+  if (!loop_.ok()) return errno ? errno : EMFILE;
+  for (auto& l : listeners_) {
+    int fd = l->cfg_.fd;
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return errno;
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    if (int err = loop_.add(fd, l.get(), EPOLLIN)) return err;
+    l->active = true;
+  }
+  for (;;) {
+    loop_.poll_once(next_timeout_ms(), loop_hooks);
+    if (config_.threads > 1) drain_returned();
+    expire_timers();
+    int req = stop_request_.load();
+    if (req && !stopping_) begin_shutdown();
+    if (stopping_) {
+      auto now = loop_.clock().now_ms();
+      if (req == 2 || now >= shutdown_deadline_ms_) {
+        // Out of time (or an immediate stop): close everything still open.
+        for (auto& c : all_conns_) {
+          if (!c->is_open()) continue;
+          if (c->is_lent()) c->force_shutdown(); else c->close_now();
+        }
+        if (lent_ == 0) break;
+        if (now >= shutdown_deadline_ms_ + 1000) break;  // a stuck app thread: give up on it
+      } else if (stats_.connections_open == 0 && lent_ == 0) {
+        break;
+      }
+    } else if (accept_paused_until_ms_ && loop_.clock().now_ms() >= accept_paused_until_ms_) {
+      accept_paused_until_ms_ = 0;
+      for (auto& l : listeners_)
+        if (!l->active && loop_.add(l->cfg_.fd, l.get(), EPOLLIN) == 0) l->active = true;
+    }
+    flush_access_log();
+  }
+  flush_access_log();
+  if (config_.threads > 1) {
+    std::lock_guard<std::mutex> g(pool_mu_);
+    pool_closed_ = true;
+    pool_cv_.notify_all();
+  }
+  return 0;
+}
+
+void Server::begin_shutdown() noexcept {
+  stopping_ = true;
+  shutdown_deadline_ms_ = loop_.clock().now_ms() + config_.graceful_timeout_ms;
+  for (auto& l : listeners_) {
+    if (l->active) loop_.remove(l->cfg_.fd);
+    l->active = false;
+  }
+  accept_paused_until_ms_ = 0;
+  for (auto& c : all_conns_)
+    if (c->is_open() && !c->is_lent()) c->stop_if_idle();
+}
+
+int Server::next_timeout_ms() const noexcept {
+  int64_t next = std::min({keep_alive_timers_.next_deadline(), header_timers_.next_deadline(),
+                           io_timers_.next_deadline(), linger_timers_.next_deadline()});
+  if (stopping_) next = std::min(next, shutdown_deadline_ms_);
+  if (accept_paused_until_ms_) next = std::min(next, accept_paused_until_ms_);
+  if (next == INT64_MAX) return -1;
+  int64_t d = next - loop_.clock().now_ms();
+  if (d < 0) return 0;
+  // COARSE clocks tick every few ms; round up so we never wake just before a deadline.
+  return int(std::min<int64_t>(d + 5, INT_MAX));
+}
+
+void Server::expire_timers() noexcept {
+  int64_t now = loop_.clock().now_ms();
+  for (net::TimerList* list : {&keep_alive_timers_, &header_timers_, &io_timers_, &linger_timers_}) {
+    while (net::TimerNode* n = list->pop_expired(now)) {
+      static_cast<http1::Connection*>(n->owner)->on_timer();
+    }
+  }
+}
+
+void Server::Listener::on_io(uint32_t) noexcept { server_->accept_from(*this); }
+
+void Server::accept_from(Listener& l) noexcept {
+  for (int i = 0; i < kAcceptBatch; ++i) {
+    sockaddr_storage addr;
+    socklen_t len = sizeof addr;
+    int fd = accept4(l.cfg_.fd, reinterpret_cast<sockaddr*>(&addr), &len,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        if (logger_)
+          logger_->log(base::LogLevel::kWarning,
+                       std::string("accept() failed: ") + strerror(errno) +
+                           "; pausing accepts for 100 ms (raise the open-files limit: ulimit -n)");
+        pause_accepting(kAcceptPauseMs);
+      }
+      return;
+    }
+    if (!l.cfg_.is_unix) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    http1::Connection* c;
+    if (!free_conns_.empty()) {
+      c = free_conns_.back();
+      free_conns_.pop_back();
+    } else {
+      all_conns_.push_back(std::make_unique<http1::Connection>(this));
+      c = all_conns_.back().get();
+    }
+    ++stats_.connections_total;
+    ++stats_.connections_open;
+    c->open(fd, reinterpret_cast<sockaddr*>(&addr), len, l.index_, l.cfg_.is_unix);
+    if (loop_.add(fd, c, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != 0) c->close_now();
+  }
+}
+
+void Server::pause_accepting(int64_t ms) noexcept {
+  for (auto& l : listeners_) {
+    if (l->active) loop_.remove(l->cfg_.fd);
+    l->active = false;
+  }
+  accept_paused_until_ms_ = loop_.clock().now_ms() + ms;
+}
+
+void Server::release(http1::Connection* c) noexcept {
+  --stats_.connections_open;
+  free_conns_.push_back(c);
+}
+
+void Server::access_log(std::string_view line) noexcept {
+  if (config_.threads > 1) {
+    std::lock_guard<std::mutex> g(pool_mu_);
+    access_buf_.append(line);
+    return;
+  }
+  access_buf_.append(line);
+  if (access_buf_.size() >= kAccessFlushBytes) flush_access_log();
+}
+
+void Server::flush_access_log() noexcept {
+  if (config_.access_log_fd < 0) return;
+  std::unique_lock<std::mutex> g(pool_mu_, std::defer_lock);
+  if (config_.threads > 1) g.lock();
+  while (!access_buf_.empty()) {
+    ssize_t n = ::write(config_.access_log_fd, access_buf_.begin_ptr(), access_buf_.size());
+    if (n > 0) {
+      access_buf_.consume(size_t(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    access_buf_.clear();  // a log we cannot write must not stall serving
+    break;
+  }
+}
+
+// ---- pool mode ---------------------------------------------------------------------------------
+
+void Server::dispatch_to_pool(http1::Connection* c) noexcept {
+  ++lent_;
+  std::lock_guard<std::mutex> g(pool_mu_);
+  pool_queue_.push_back(c);
+  pool_cv_.notify_one();
+}
+
+http1::Connection* Server::pool_take() noexcept {
+  std::unique_lock<std::mutex> g(pool_mu_);
+  pool_cv_.wait(g, [&] { return pool_closed_ || !pool_queue_.empty(); });
+  if (pool_queue_.empty()) return nullptr;
+  http1::Connection* c = pool_queue_.front();
+  pool_queue_.pop_front();
+  return c;
+}
+
+void Server::return_from_pool(http1::Connection* c) noexcept {
+  {
+    std::lock_guard<std::mutex> g(pool_mu_);
+    returned_.push_back(c);
+  }
+  loop_.wake();
+}
+
+void Server::drain_returned() noexcept {
+  std::vector<http1::Connection*> batch;
+  {
+    std::lock_guard<std::mutex> g(pool_mu_);
+    if (returned_.empty()) return;
+    batch.swap(returned_);
+  }
+  for (auto* c : batch) {
+    --lent_;
+    c->on_returned();
+  }
+}
+
+}  // namespace fulmen

@@ -1,0 +1,150 @@
+// One worker's HTTP server: listeners, connections, timers and graceful shutdown around one Loop.
+// It knows nothing of Python: requests go to an http1::AppHandler, blocking waits go through
+// BlockHooks (the bridge releases the GIL there).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/base/buffer.hpp"
+#include "core/base/log.hpp"
+#include "core/http1/exchange.hpp"
+#include "core/net/loop.hpp"
+#include "core/net/timer.hpp"
+
+namespace fulmen {
+
+namespace http1 {
+class Connection;
+}
+
+struct ListenerConfig {
+  int fd = -1;          // bound, listening socket handed over by the embedder
+  bool is_unix = false; // no TCP_NODELAY, no peer address
+};
+
+struct ServerConfig {
+  std::vector<ListenerConfig> listeners;
+  http1::Limits limits;
+  int threads = 1;                         // 1: app runs on the loop thread; N: on a pool
+  int64_t keep_alive_ms = 5000;            // idle keep-alive connection lifetime
+  int64_t header_timeout_ms = 30000;       // from the first byte of a head to its end
+  int64_t body_timeout_ms = 60000;         // longest wait for body bytes or for the peer to read
+  int64_t graceful_timeout_ms = 30000;     // stop(): time in-flight requests get to finish
+  int access_log_fd = -1;                  // -1: no access log
+  size_t buffer_size = 64 * 1024;          // per-connection input buffer (also the head limit)
+  size_t output_high_watermark = 256 * 1024;  // pause the producer above this many queued bytes
+};
+
+// Called around waits that block the calling thread (body reads, write stalls in pool threads).
+class BlockHooks {
+ public:
+  virtual ~BlockHooks() = default;
+  virtual void before_block() noexcept {}
+  virtual void after_block() noexcept {}
+};
+
+struct ServerStats {
+  uint64_t connections_total = 0;
+  uint64_t connections_open = 0;
+  uint64_t requests_total = 0;
+  uint64_t buffers_allocated = 0;
+  uint64_t connections_allocated = 0;
+};
+
+class Server {
+ public:
+  Server(ServerConfig config, http1::AppHandler* app, base::Logger* logger);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Serves until stop(); returns 0, or an errno if the server could not start.
+  int run(net::LoopHooks* loop_hooks) noexcept;
+  // Thread- and signal-safe.
+  void stop(bool graceful) noexcept;
+
+  net::Loop& loop() noexcept { return loop_; }
+  const ServerConfig& config() const noexcept { return config_; }
+  ServerStats stats() const noexcept;
+  void set_block_hooks(BlockHooks* h) noexcept { block_hooks_ = h; }
+
+  // ---- for Connection --------------------------------------------------------------------------
+  http1::AppHandler* app() noexcept { return app_; }
+  base::Logger* logger() noexcept { return logger_; }
+  BlockHooks* block_hooks() noexcept { return block_hooks_; }
+  base::BufferPool& in_pool() noexcept { return in_pool_; }
+  base::BufferPool& out_pool() noexcept { return out_pool_; }
+  net::TimerList& keep_alive_timers() noexcept { return keep_alive_timers_; }
+  net::TimerList& header_timers() noexcept { return header_timers_; }
+  net::TimerList& io_timers() noexcept { return io_timers_; }
+  net::TimerList& linger_timers() noexcept { return linger_timers_; }
+  bool stopping() const noexcept { return stopping_; }
+  void count_request() noexcept { ++stats_.requests_total; }
+  void access_log(std::string_view line) noexcept;
+  void release(http1::Connection* c) noexcept;  // the connection closed: back to the free list
+  // Pool mode: hand a connection with a parsed request to an app thread / take it back.
+  void dispatch_to_pool(http1::Connection* c) noexcept;
+  void return_from_pool(http1::Connection* c) noexcept;  // called on a pool thread
+  // Pool mode, called by the embedder's app threads: blocks until a connection is lent to this
+  // thread, or returns null when the server stops.
+  http1::Connection* pool_take() noexcept;
+
+ private:
+  class Listener : public net::IoHandler {
+   public:
+    Listener(Server* s, int index, ListenerConfig cfg) : server_(s), index_(index), cfg_(cfg) {}
+    void on_io(uint32_t events) noexcept override;
+    Server* server_;
+    int index_;
+    ListenerConfig cfg_;
+    bool active = false;
+  };
+  void accept_from(Listener& l) noexcept;
+  void begin_shutdown() noexcept;
+  void expire_timers() noexcept;
+  int next_timeout_ms() const noexcept;
+  void flush_access_log() noexcept;
+  void drain_returned() noexcept;
+  void pause_accepting(int64_t ms) noexcept;
+
+  ServerConfig config_;
+  http1::AppHandler* app_;
+  base::Logger* logger_;
+  BlockHooks* block_hooks_ = nullptr;
+  BlockHooks no_hooks_;
+  net::Loop loop_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  base::BufferPool in_pool_;
+  base::BufferPool out_pool_;
+  base::Buffer access_buf_;
+  net::TimerList keep_alive_timers_;
+  net::TimerList header_timers_;
+  net::TimerList io_timers_;
+  net::TimerList linger_timers_;
+  std::vector<std::unique_ptr<http1::Connection>> all_conns_;  // owns every Connection object
+  std::vector<http1::Connection*> free_conns_;                   // closed ones, ready for reuse
+  ServerStats stats_;
+  std::atomic<int> stop_request_{0};  // 0 none, 1 graceful, 2 immediate
+  bool stopping_ = false;
+  int64_t shutdown_deadline_ms_ = 0;
+  int64_t accept_paused_until_ms_ = 0;
+
+  // Pool mode only (threads > 1): connections lent to app threads and returned by them.
+  std::mutex pool_mu_;
+  std::condition_variable pool_cv_;
+  std::deque<http1::Connection*> pool_queue_;
+  std::vector<http1::Connection*> returned_;
+  bool pool_closed_ = false;
+  int lent_ = 0;
+
+  friend class http1::Connection;
+};
+
+}  // namespace fulmen
