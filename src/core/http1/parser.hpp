@@ -127,11 +127,11 @@ class ChunkedDecoder {
   uint32_t size_digits_ = 0;    // hex digits seen in this chunk-size (overflow guard)
   uint32_t line_bytes_ = 0;     // bytes in the current size/ext/trailer line (limit guard)
   uint32_t trailer_fields_ = 0; // trailer count (limit guard)
-  bool trailer_line_empty_ = true;  // in kTrailer: no byte yet on this line
   bool last_chunk_ = false;     // chunk-size was 0
   // Small state for validating a trailer line incrementally without buffering it.
   uint8_t trailer_phase_ = 0;
   uint8_t ext_phase_ = 0;
+  ParseError error_ = ParseError::kNone;  // repeated by every feed() after a failure
 };
 
 }  // namespace fulmen::http1
