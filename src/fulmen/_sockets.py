@@ -28,7 +28,10 @@ class Listener:
         return (self.sock.fileno(), self.server_name, self.server_port, self.is_unix)
 
     def close(self) -> None:
-        self.sock.close()
+        try:
+            self.sock.close()
+        except OSError:  # already closed by the engine: the socket is gone either way
+            pass
         if self.unlink_path:
             try:
                 if stat.S_ISSOCK(os.lstat(self.unlink_path).st_mode):

@@ -8,6 +8,7 @@ from (`--port 70000` or `FULMEN_PORT=abc`) and exits 1, the same way from every 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -102,8 +103,10 @@ def convert(opt: Option, value: Any, source: str) -> Any:
                 raise ValueError(f"expected {kind}")
             try:
                 value = opt.type(value.strip() if isinstance(value, str) else value)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise ValueError(f"expected {kind}") from None
+            if not math.isfinite(value):
+                raise ValueError("expected a finite number")
             if opt.min is not None and opt.max is not None and not opt.min <= value <= opt.max:
                 raise ValueError(f"must be between {opt.min:g} and {opt.max:g}")
             if opt.min is not None and value < opt.min:
@@ -163,7 +166,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> dict[s
             shown = ("--" if cli else "--no-") + opt.flag[2:] if opt.type is bool else (
                 cli if opt.positional else f"{opt.flag} {cli}")
             cfg[opt.name] = convert(opt, cli, shown)
-        elif opt.env in environ:
+        elif environ.get(opt.env):  # set but empty counts as unset, as in Click
             cfg[opt.name] = convert(opt, environ[opt.env], f"{opt.env}={environ[opt.env]}")
         else:
             cfg[opt.name] = opt.default

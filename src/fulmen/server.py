@@ -7,7 +7,6 @@ which calls only the application (and error_log on errors).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -90,8 +89,8 @@ def serve(cfg: dict[str, Any]) -> None:
             limit_request_body=cfg["limit_request_body"],
             graceful_timeout=float(cfg["graceful_timeout"]),
         )
-        error_log.info("Starting Fulmen %s (WSGI, %d thread%s, pid %d)", __version__, cfg["threads"],
-                       "" if cfg["threads"] == 1 else "s", os.getpid())
+        error_log.info("Starting Fulmen %s (WSGI, %d thread%s)", __version__, cfg["threads"],
+                       "" if cfg["threads"] == 1 else "s")
         error_log.info("Listening on %s", listener.url)
         sys.stdout.flush()  # the engine writes access lines to fd 1 directly
         _run_with_signals(server, cfg["graceful_timeout"])

@@ -113,6 +113,7 @@ def test_console_script_is_the_same_command():
         ([], {"FULMEN_THREADS": "0"}, ["FULMEN_THREADS=0", "at least 1"]),
         ([], {"FULMEN_ACCESS_LOG": "maybe"}, ["FULMEN_ACCESS_LOG=maybe", "true/false"]),
         ([], {"FULMEN_LOG_LEVEL": "LOUD"}, ["FULMEN_LOG_LEVEL=LOUD"]),
+        ([], {"FULMEN_GRACEFUL_TIMEOUT": "nan"}, ["FULMEN_GRACEFUL_TIMEOUT=nan", "finite"]),
     ],
 )
 def test_invalid_values_name_the_option(args, env, expected):
@@ -139,6 +140,11 @@ def test_boolean_environment_values():
     # ... and --no-factory on the command line wins.
     assert_error(run_fulmen("--no-factory", "factory:not_a_factory", env={"FULMEN_FACTORY": "1"}),
                  "not callable", "factory:not_a_factory")
+
+
+def test_empty_environment_variable_counts_as_unset():
+    # FULMEN_UDS= (as in many container configs) must not mean "a Unix socket named ''".
+    assert_error(run_fulmen("not_callable:app", env={"FULMEN_UDS": "", "FULMEN_PORT": ""}), "not callable")
 
 
 def test_app_from_environment():
@@ -213,6 +219,38 @@ def test_factory_errors():
 @pytest.mark.parametrize("spec", ["asgi_app:app", "asgi_app:App2", "asgi_app:instance", "asgi_app:partial"])
 def test_asgi_app_is_detected_and_refused(spec):
     assert_error(run_fulmen(spec), f"{spec} is an ASGI application", "only WSGI", "ASGI support is coming")
+
+
+def test_interface_detection():
+    # In-process: the heuristic itself, including the cases a real process cannot easily show.
+    import functools
+
+    from fulmen._importer import detect_interface
+
+    sys.path.insert(0, str(APPS))
+    try:
+        import asgi_app
+        import hello
+    finally:
+        sys.path.remove(str(APPS))
+
+    class Asgi3Class:  # instances are awaitable: App(scope, receive, send)
+        def __init__(self, scope, receive, send): ...
+        def __await__(self): yield
+
+    def wsgi_wrapper(environ, start_response):
+        return hello.app(environ, start_response)
+
+    assert detect_interface(asgi_app.app) == "asgi3"
+    assert detect_interface(asgi_app.partial) == "asgi3"
+    assert detect_interface(functools.partial(functools.partial(asgi_app.app))) == "asgi3"
+    assert detect_interface(asgi_app.instance) == "asgi3"
+    assert detect_interface(Asgi3Class) == "asgi3"
+    assert detect_interface(asgi_app.App2) == "asgi2"
+    assert detect_interface(hello.app) == "wsgi"
+    assert detect_interface(hello.HelloClass) == "wsgi"
+    assert detect_interface(functools.partial(wsgi_wrapper)) == "wsgi"
+    assert detect_interface(functools.wraps(asgi_app.app)(wsgi_wrapper)) == "wsgi"  # wrapped, but sync
 
 
 def test_interface_asgi_is_refused():
@@ -381,6 +419,26 @@ def test_factory_serves(server):
 def test_dotted_attribute_serves(server):
     srv = server("hello:nested.app")
     assert srv.request()[0] == 200
+
+
+def test_class_app_serves(server):
+    # A PEP 3333 class application is WSGI, not ASGI 2.
+    srv = server("hello:HelloClass")
+    assert srv.request()[2] == b"Hello from a class\n"
+
+
+def test_ipv6(server):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    srv = server("echo_environ:app", "--host", "::1")
+    assert srv.url == f"http://[::1]:{srv.port}"
+    env = json.loads(srv.request()[2])
+    assert env["SERVER_NAME"] == "::1" and env["REMOTE_ADDR"] == "::1"
 
 
 def test_limit_request_body(server):

@@ -13,3 +13,13 @@ class _Namespace:
 
 # For a dotted attribute in APP: "hello:nested.app".
 nested = _Namespace()
+
+
+class HelloClass:
+    """A class as the WSGI application (allowed by PEP 3333): must not be mistaken for ASGI 2."""
+
+    def __init__(self, environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def __iter__(self):
+        yield b"Hello from a class\n"
