@@ -64,10 +64,10 @@ def _load_core() -> Any:
 
 def serve(cfg: dict[str, Any]) -> None:
     """Serve until SIGINT/SIGTERM (or until the engine stops). Raises FulmenError."""
+    if cfg["interface"] == "asgi":  # refuse before running the user's import-time code
+        raise FulmenError("--interface asgi: this version of Fulmen serves only WSGI apps (ASGI support is coming)")
     configure_logging(cfg["log_level"], cfg["access_log"])
     app = _importer.load_app(cfg["app"], factory=cfg["factory"], app_dir=cfg["app_dir"])
-    if cfg["interface"] == "asgi":
-        raise FulmenError("--interface asgi: this version of Fulmen serves only WSGI apps (ASGI support is coming)")
     if cfg["interface"] == "auto" and _importer.detect_interface(app) != "wsgi":
         raise FulmenError(f"{_app_name(cfg['app'])} is an ASGI application; this version of Fulmen serves "
                           "only WSGI apps (ASGI support is coming)")
