@@ -758,6 +758,11 @@ bool Connection::flush_blocking() noexcept {
   return true;
 }
 
+bool Connection::wait_drained() noexcept {
+  paused_ = false;
+  return flush_blocking();
+}
+
 bool Connection::finish() noexcept {
   if (finished_) return !failed_;
   if (!started_) {

@@ -57,6 +57,7 @@ class Connection final : public net::IoHandler, public Exchange {
                             size_t n) noexcept override;
   WriteStatus write(const char* data, size_t n) noexcept override;
   WriteStatus send_file(int fd, int64_t offset, int64_t count) noexcept override;
+  bool wait_drained() noexcept override;
   bool finish() noexcept override;
   void abort() noexcept override;
   bool response_started() const noexcept override { return started_; }

@@ -48,6 +48,9 @@ class Exchange {
   virtual StartError start_response(int status, std::string_view reason, const Header* headers,
                                     size_t n) noexcept = 0;
   virtual WriteStatus write(const char* data, size_t n) noexcept = 0;
+  // After a kPause, for producers that cannot be suspended (WSGI's write()): blocks until the
+  // queue drained. False if the connection failed.
+  virtual bool wait_drained() noexcept = 0;
   // Sends count bytes of fd from offset (sendfile). count < 0: to the end of the file.
   virtual WriteStatus send_file(int fd, int64_t offset, int64_t count) noexcept = 0;
   // The response is complete. Returns false if the connection had to be closed.

@@ -486,6 +486,7 @@ ptrdiff_t full_parse(const char* buf, size_t len, const Limits& limits, Request&
   }
 
   Semantics sem;
+  bool too_many = false;
   for (;;) {
     LineStatus st = find_line(buf, len, s, limits.max_field_size, ParseError::kHeaderTooLarge, max_head, &lf, &e);
     if (st == LineStatus::kError) return fail(e);
@@ -497,12 +498,18 @@ ptrdiff_t full_parse(const char* buf, size_t len, const Limits& limits, Request&
     std::string_view name, value;
     e = parse_field_line(buf + s, buf + lf - 1, &name, &value);
     if (e != ParseError::kNone) return fail(e);
-    if (out.num_headers >= limits.max_fields || out.num_headers >= out.headers_capacity)
-      return fail(ParseError::kTooManyHeaders);
-    out.headers[out.num_headers++] = Header{name, value};
-    on_field(name, value, out, sem);
+    // Too many fields is judged when the head ends, like the other whole-head checks: the fast
+    // scan cannot count lines it did not see, and the verdict must not depend on how the bytes
+    // were split. max_head still bounds the work, and nothing is stored past the caller's array.
+    if (out.num_headers >= limits.max_fields || out.num_headers >= out.headers_capacity) {
+      too_many = true;
+    } else {
+      out.headers[out.num_headers++] = Header{name, value};
+      on_field(name, value, out, sem);
+    }
     s = lf + 1;
   }
+  if (too_many) return fail(ParseError::kTooManyHeaders);
   e = judge(sem, limits, out);
   if (e != ParseError::kNone) return fail(e);
   return static_cast<ptrdiff_t>(lf + 1);
@@ -537,6 +544,12 @@ ptrdiff_t parse_request_head(const char* buf, size_t len, const Limits& limits, 
         return kIncomplete;
       }
       if (st == LineStatus::kError || lf - 1 == s) break;  // an error, or the empty line
+      // Each line is checked once, when it completes, so a bad line is refused as early as a
+      // single read would refuse it (the full parse then reports it, in order).
+      std::string_view name, value;
+      ParseError bad = is_rl ? parse_request_line(buf + s, buf + lf - 1, out)
+                             : parse_field_line(buf + s, buf + lf - 1, &name, &value);
+      if (bad != ParseError::kNone) break;
       s = lf + 1;
     }
   }

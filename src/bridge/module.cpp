@@ -1,0 +1,332 @@
+// fulmen._core: the Server type that runs the C++ engine for one worker process, and the GIL
+// discipline around it. Inline mode (threads == 1) holds the GIL while it runs Python and gives it
+// up only while epoll_wait or a blocking read waits; pool mode runs the loop without the GIL and
+// the app on N Python threads.
+#include <thread>
+#include <vector>
+
+#include "bridge/py_ref.hpp"
+#include "bridge/wsgi.hpp"
+#include "core/http1/connection.hpp"
+#include "core/server.hpp"
+
+namespace fulmen::bridge {
+namespace {
+
+thread_local PyThreadState* t_saved = nullptr;  // the state a blocking wait gave up, per thread
+
+// Blocking waits on whichever thread holds the GIL: give it up for the wait.
+class GilBlockHooks final : public BlockHooks {
+ public:
+  void before_block() noexcept override { t_saved = PyEval_SaveThread(); }
+  void after_block() noexcept override { PyEval_RestoreThread(t_saved); }
+};
+
+struct State;
+
+// Inline mode: the loop thread is the Python thread that called run().
+class InlineLoopHooks final : public net::LoopHooks {
+ public:
+  explicit InlineLoopHooks(State* s) : s_(s) {}
+  void before_wait() noexcept override { saved_ = PyEval_SaveThread(); }
+  void after_wait() noexcept override { PyEval_RestoreThread(saved_); }
+  void on_wakeup() noexcept override;
+
+ private:
+  State* s_;
+  PyThreadState* saved_ = nullptr;
+};
+
+// Pool mode: the loop runs without the GIL and takes it only to run signal handlers.
+class PoolLoopHooks final : public net::LoopHooks {
+ public:
+  explicit PoolLoopHooks(State* s) : s_(s) {}
+  void on_wakeup() noexcept override;
+  PyThreadState* main_state = nullptr;
+
+ private:
+  State* s_;
+};
+
+class PyLogger final : public base::Logger {
+ public:
+  explicit PyLogger(State* s) : s_(s) {}
+  void log(base::LogLevel, std::string_view message) noexcept override;
+
+ private:
+  State* s_;
+};
+
+struct State {
+  std::unique_ptr<WsgiHandler> handler;
+  std::unique_ptr<Server> server;
+  GilBlockHooks block_hooks;
+  InlineLoopHooks inline_hooks{this};
+  PoolLoopHooks pool_hooks{this};
+  PyLogger logger{this};
+  int threads = 1;
+  bool running = false;
+  PyObject* pending_type = nullptr;  // an exception a signal handler raised during run()
+  PyObject* pending_value = nullptr;
+  PyObject* pending_tb = nullptr;
+
+  // Runs Python signal handlers; an exception they raise stops the server and is re-raised
+  // by run() (the CLI's handlers call stop() instead of raising).
+  void check_signals() noexcept {
+    if (PyErr_CheckSignals() < 0) {
+      if (!pending_type) PyErr_Fetch(&pending_type, &pending_value, &pending_tb);
+      else PyErr_Clear();
+      server->stop(true);
+    }
+  }
+};
+
+void InlineLoopHooks::on_wakeup() noexcept { s_->check_signals(); }
+
+void PoolLoopHooks::on_wakeup() noexcept {
+  PyEval_RestoreThread(main_state);
+  s_->check_signals();
+  main_state = PyEval_SaveThread();
+}
+
+void PyLogger::log(base::LogLevel, std::string_view message) noexcept {
+  GilGuard gil;
+  std::string m(message);
+  s_->handler->log_message(m.c_str());
+}
+
+struct ServerObject {
+  PyObject_HEAD
+  State* state;  // owned (new/delete): C++ objects with destructors cannot live in a PyObject
+};
+
+void server_dealloc(PyObject* o) {
+  auto* self = reinterpret_cast<ServerObject*>(o);
+  if (self->state) {
+    Py_XDECREF(self->state->pending_type);
+    Py_XDECREF(self->state->pending_value);
+    Py_XDECREF(self->state->pending_tb);
+    delete self->state;
+  }
+  Py_TYPE(o)->tp_free(o);
+}
+
+PyObject* server_new(PyTypeObject* type, PyObject*, PyObject*) {
+  auto* self = reinterpret_cast<ServerObject*>(type->tp_alloc(type, 0));
+  if (self) self->state = nullptr;
+  return reinterpret_cast<PyObject*>(self);
+}
+
+int64_t to_ms(double seconds) { return seconds <= 0 ? 0 : int64_t(seconds * 1000.0 + 0.5); }
+
+int server_init(PyObject* o, PyObject* args, PyObject* kw) {
+  auto* self = reinterpret_cast<ServerObject*>(o);
+  if (self->state) {
+    PyErr_SetString(PyExc_RuntimeError, "Server is already initialised");
+    return -1;
+  }
+  static const char* kwlist[] = {"app", "listeners", "error_log", "threads", "root_path",
+                                 "url_scheme", "access_log_fd", "timeout_keep_alive",
+                                 "timeout_request_header", "timeout_request_body",
+                                 "limit_request_line", "limit_request_fields",
+                                 "limit_request_field_size", "limit_request_body",
+                                 "graceful_timeout", nullptr};
+  PyObject *app, *listeners, *error_log = nullptr;
+  int threads = 1, access_log_fd = -1;
+  const char* root_path = "";
+  const char* url_scheme = "http";
+  double keep_alive = 5.0, header_timeout = 30.0, body_timeout = 60.0, graceful = 30.0;
+  Py_ssize_t line = 8190, fields = 100, field_size = 8190;
+  long long body_limit = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLd", const_cast<char**>(kwlist), &app,
+                                   &listeners, &error_log, &threads, &root_path, &url_scheme,
+                                   &access_log_fd, &keep_alive, &header_timeout, &body_timeout,
+                                   &line, &fields, &field_size, &body_limit, &graceful))
+    return -1;
+  if (!PyCallable_Check(app)) {
+    PyErr_SetString(PyExc_TypeError, "app must be callable");
+    return -1;
+  }
+  if (!error_log || !PyCallable_Check(error_log)) {
+    PyErr_SetString(PyExc_TypeError, "error_log must be a callable (message, exc)");
+    return -1;
+  }
+  if (threads < 1 || threads > 1024) {
+    PyErr_SetString(PyExc_ValueError, "threads must be between 1 and 1024");
+    return -1;
+  }
+  if (line < 0 || fields < 0 || field_size < 0 || body_limit < 0) {
+    PyErr_SetString(PyExc_ValueError, "limits must not be negative");
+    return -1;
+  }
+  ServerConfig cfg;
+  std::vector<ListenerInfo> infos;
+  Ref seq = Ref::steal(PySequence_Fast(listeners, "listeners must be a sequence"));
+  if (!seq) return -1;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq.get()); ++i) {
+    PyObject* item = PySequence_Fast_GET_ITEM(seq.get(), i);  // borrowed
+    int fd, port, is_unix;
+    const char* name;
+    if (!PyArg_ParseTuple(item, "isip;listeners items are (fd, server_name, server_port, is_unix)",
+                          &fd, &name, &port, &is_unix))
+      return -1;
+    cfg.listeners.push_back({fd, bool(is_unix)});
+    infos.push_back({name, port, bool(is_unix)});
+  }
+  if (cfg.listeners.empty()) {
+    PyErr_SetString(PyExc_ValueError, "at least one listener is needed");
+    return -1;
+  }
+  cfg.threads = threads;
+  cfg.access_log_fd = access_log_fd;
+  cfg.keep_alive_ms = to_ms(keep_alive);
+  cfg.header_timeout_ms = to_ms(header_timeout);
+  cfg.body_timeout_ms = to_ms(body_timeout);
+  cfg.graceful_timeout_ms = to_ms(graceful);
+  // 0 means "no limit of its own" (as in Gunicorn); the input buffer still bounds a whole head.
+  cfg.limits.max_request_line = line ? size_t(line) : cfg.buffer_size;
+  cfg.limits.max_fields = fields ? size_t(fields) : 32768;
+  cfg.limits.max_field_size = field_size ? size_t(field_size) : cfg.buffer_size;
+  cfg.limits.max_body = uint64_t(body_limit);
+
+  auto state = std::make_unique<State>();
+  WsgiOptions opts;
+  opts.root_path = root_path;
+  opts.url_scheme = url_scheme;
+  opts.multithread = threads > 1;
+  opts.multiprocess = false;
+  state->handler = WsgiHandler::create(app, error_log, infos, opts);
+  if (!state->handler) return -1;
+  state->threads = threads;
+  state->server = std::make_unique<Server>(std::move(cfg), state->handler.get(), &state->logger);
+  state->server->set_block_hooks(&state->block_hooks);
+  self->state = state.release();
+  return 0;
+}
+
+bool ready(ServerObject* self) {
+  if (!self->state) {
+    PyErr_SetString(PyExc_RuntimeError, "Server.__init__ was not called");
+    return false;
+  }
+  return true;
+}
+
+PyObject* server_run(PyObject* o, PyObject*) {
+  auto* self = reinterpret_cast<ServerObject*>(o);
+  if (!ready(self)) return nullptr;
+  State* s = self->state;
+  if (s->running) {
+    PyErr_SetString(PyExc_RuntimeError, "Server.run() is already running");
+    return nullptr;
+  }
+  s->running = true;
+  int err;
+  if (s->threads == 1) {
+    err = s->server->run(&s->inline_hooks);
+  } else {
+    std::vector<std::thread> workers;
+    Server* server = s->server.get();
+    s->pool_hooks.main_state = PyEval_SaveThread();
+    for (int i = 0; i < s->threads; ++i) {
+      workers.emplace_back([server] {
+        PyGILState_STATE g = PyGILState_Ensure();
+        PyThreadState* ts = PyEval_SaveThread();
+        while (http1::Connection* c = server->pool_take()) {
+          PyEval_RestoreThread(ts);
+          c->serve_lent();
+          ts = PyEval_SaveThread();
+        }
+        PyEval_RestoreThread(ts);
+        PyGILState_Release(g);
+      });
+    }
+    err = server->run(&s->pool_hooks);
+    for (auto& t : workers) t.join();
+    PyEval_RestoreThread(s->pool_hooks.main_state);
+  }
+  s->running = false;
+  if (s->pending_type) {
+    PyErr_Restore(s->pending_type, s->pending_value, s->pending_tb);
+    s->pending_type = s->pending_value = s->pending_tb = nullptr;
+    return nullptr;
+  }
+  if (err) {
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* server_stop(PyObject* o, PyObject* args, PyObject* kw) {
+  auto* self = reinterpret_cast<ServerObject*>(o);
+  if (!ready(self)) return nullptr;
+  static const char* kwlist[] = {"graceful", nullptr};
+  int graceful = 1;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|p", const_cast<char**>(kwlist), &graceful))
+    return nullptr;
+  self->state->server->stop(graceful != 0);
+  Py_RETURN_NONE;
+}
+
+PyObject* server_stats(PyObject* o, PyObject*) {
+  auto* self = reinterpret_cast<ServerObject*>(o);
+  if (!ready(self)) return nullptr;
+  ServerStats st = self->state->server->stats();
+  return Py_BuildValue("{sKsKsKsKsK}", "connections_total", (unsigned long long)st.connections_total,
+                       "connections_open", (unsigned long long)st.connections_open,
+                       "requests_total", (unsigned long long)st.requests_total,
+                       "buffers_allocated", (unsigned long long)st.buffers_allocated,
+                       "connections_allocated", (unsigned long long)st.connections_allocated);
+}
+
+PyObject* server_wakeup_fd(PyObject* o, void*) {
+  auto* self = reinterpret_cast<ServerObject*>(o);
+  if (!ready(self)) return nullptr;
+  return PyLong_FromLong(self->state->server->loop().wake_write_fd());
+}
+
+PyMethodDef server_methods[] = {
+    {"run", server_run, METH_NOARGS, "Serve until stop(); returns after the graceful shutdown."},
+    {"stop", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(server_stop)),
+     METH_VARARGS | METH_KEYWORDS, "stop(graceful=True): stop serving (thread/signal safe)."},
+    {"stats", server_stats, METH_NOARGS, "Engine counters as a dict."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef server_getset[] = {
+    {"wakeup_fd", server_wakeup_fd, nullptr, "Write end of the wake pipe (for signal.set_wakeup_fd).",
+     nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyTypeObject ServerType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_core",
+                          "Fulmen's native engine (private: use the fulmen package).", -1,
+                          nullptr};
+
+}  // namespace
+}  // namespace fulmen::bridge
+
+PyMODINIT_FUNC PyInit__core(void) {
+  using namespace fulmen::bridge;
+  ServerType.tp_name = "fulmen._core.Server";
+  ServerType.tp_basicsize = sizeof(ServerObject);
+  ServerType.tp_flags = Py_TPFLAGS_DEFAULT;
+  ServerType.tp_doc = "One worker's HTTP/1.1 engine (see fulmen/_core.pyi).";
+  ServerType.tp_new = server_new;
+  ServerType.tp_init = server_init;
+  ServerType.tp_dealloc = server_dealloc;
+  ServerType.tp_methods = server_methods;
+  ServerType.tp_getset = server_getset;
+  if (PyType_Ready(&ServerType) < 0) return nullptr;
+  fulmen::bridge::Ref m = fulmen::bridge::Ref::steal(PyModule_Create(&module_def));
+  if (!m) return nullptr;
+  Py_INCREF(&ServerType);
+  if (PyModule_AddObject(m.get(), "Server", reinterpret_cast<PyObject*>(&ServerType)) < 0) {
+    Py_DECREF(&ServerType);
+    return nullptr;
+  }
+  if (PyModule_AddStringConstant(m.get(), "__version__", "0.1.0") < 0) return nullptr;
+  if (!wsgi_init_types(m.get())) return nullptr;
+  return m.release();
+}
