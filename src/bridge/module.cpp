@@ -2,6 +2,9 @@
 // discipline around it. Inline mode (threads == 1) holds the GIL while it runs Python and gives it
 // up only while epoll_wait or a blocking read waits; pool mode runs the loop without the GIL and
 // the app on N Python threads.
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -66,6 +69,7 @@ struct State {
   PyLogger logger{this};
   int threads = 1;
   bool running = false;
+  bool abandoned = false;  // a stuck app thread still uses the engine: never free it
   PyObject* pending_type = nullptr;  // an exception a signal handler raised during run()
   PyObject* pending_value = nullptr;
   PyObject* pending_tb = nullptr;
@@ -106,7 +110,7 @@ void server_dealloc(PyObject* o) {
     Py_XDECREF(self->state->pending_type);
     Py_XDECREF(self->state->pending_value);
     Py_XDECREF(self->state->pending_tb);
-    delete self->state;
+    if (!self->state->abandoned) delete self->state;
   }
   Py_TYPE(o)->tp_free(o);
 }
@@ -225,11 +229,20 @@ PyObject* server_run(PyObject* o, PyObject*) {
   if (s->threads == 1) {
     err = s->server->run(&s->inline_hooks);
   } else {
+    // The exit count is shared with the threads, so a thread that outlives us (stuck in the app)
+    // never touches freed memory.
+    struct Exits {
+      std::mutex mu;
+      std::condition_variable cv;
+      int left;
+    };
+    auto exits = std::make_shared<Exits>();
+    exits->left = s->threads;
     std::vector<std::thread> workers;
     Server* server = s->server.get();
     s->pool_hooks.main_state = PyEval_SaveThread();
     for (int i = 0; i < s->threads; ++i) {
-      workers.emplace_back([server] {
+      workers.emplace_back([server, exits] {
         PyGILState_STATE g = PyGILState_Ensure();
         PyThreadState* ts = PyEval_SaveThread();
         while (http1::Connection* c = server->pool_take()) {
@@ -239,11 +252,27 @@ PyObject* server_run(PyObject* o, PyObject*) {
         }
         PyEval_RestoreThread(ts);
         PyGILState_Release(g);
+        std::lock_guard<std::mutex> lk(exits->mu);
+        --exits->left;
+        exits->cv.notify_all();
       });
     }
     err = server->run(&s->pool_hooks);
-    for (auto& t : workers) t.join();
+    bool all_exited;
+    {
+      std::unique_lock<std::mutex> lk(exits->mu);
+      all_exited = exits->cv.wait_for(lk, std::chrono::seconds(2), [&] { return exits->left == 0; });
+    }
+    for (auto& t : workers) {
+      if (all_exited) t.join(); else t.detach();
+    }
     PyEval_RestoreThread(s->pool_hooks.main_state);
+    if (!all_exited) {
+      // An app thread is stuck past the graceful timeout. It still references the engine, so the
+      // engine is kept alive (leaked) for the rest of the process, which is about to exit.
+      s->abandoned = true;
+      s->handler->log_message("An app thread did not finish within the graceful timeout; exiting without it");
+    }
   }
   s->running = false;
   if (s->pending_type) {

@@ -21,11 +21,14 @@ void Clock::update() noexcept {
   wall_sec_ = wall.tv_sec;
   tm t;
   gmtime_r(&wall_sec_, &t);
-  std::snprintf(http_date_, sizeof http_date_, "%s, %02d %s %04d %02d:%02d:%02d GMT",
+  int next = 1 - cur_.load(std::memory_order_relaxed);
+  Slot& sl = slots_[next];
+  std::snprintf(sl.http, sizeof sl.http, "%s, %02d %s %04d %02d:%02d:%02d GMT",
                 kDays[t.tm_wday], t.tm_mday, kMonths[t.tm_mon], t.tm_year + 1900, t.tm_hour,
                 t.tm_min, t.tm_sec);
-  std::snprintf(log_date_, sizeof log_date_, "%02d/%s/%04d:%02d:%02d:%02d +0000", t.tm_mday,
+  std::snprintf(sl.log, sizeof sl.log, "%02d/%s/%04d:%02d:%02d:%02d +0000", t.tm_mday,
                 kMonths[t.tm_mon], t.tm_year + 1900, t.tm_hour, t.tm_min, t.tm_sec);
+  cur_.store(next, std::memory_order_release);
 }
 
 }  // namespace fulmen::base

@@ -2,6 +2,7 @@
 // iteration, and the HTTP Date / access-log timestamps, formatted at most once per second.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <ctime>
 #include <string_view>
@@ -15,15 +16,24 @@ class Clock {
   void update() noexcept;
   int64_t now_ms() const noexcept { return now_ms_; }
   // "Tue, 24 Nov 2026 22:30:00 GMT" (RFC 9110 IMF-fixdate), refreshed when the second changes.
-  std::string_view http_date() const noexcept { return {http_date_, 29}; }
+  // Safe to read from pool threads: the loop writes the other of two slots, then flips.
+  std::string_view http_date() const noexcept {
+    return {slots_[cur_.load(std::memory_order_acquire)].http, 29};
+  }
   // "24/Nov/2026:22:30:00 +0000" for common-log-format access lines.
-  std::string_view log_date() const noexcept { return {log_date_, 26}; }
+  std::string_view log_date() const noexcept {
+    return {slots_[cur_.load(std::memory_order_acquire)].log, 26};
+  }
 
  private:
   int64_t now_ms_ = 0;
   time_t wall_sec_ = -1;
-  char http_date_[32] = {};
-  char log_date_[32] = {};
+  struct Slot {
+    char http[32] = {};
+    char log[32] = {};
+  };
+  Slot slots_[2];
+  std::atomic<int> cur_{0};
 };
 
 }  // namespace fulmen::base

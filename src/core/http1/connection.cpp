@@ -88,6 +88,7 @@ void Connection::on_io(uint32_t events) noexcept {
   }
   if (state_ == State::kClosed) return;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) readable_ = true;
+  if (events & (EPOLLRDHUP | EPOLLHUP)) peer_eof_ = true;  // data may still precede the FIN
   if (events & EPOLLERR) {
     failed_ = true;
   }
@@ -165,7 +166,8 @@ void Connection::arm_timer_for_state() noexcept {
     case State::kInApp:
     case State::kDiscardBody:
     case State::kClosing:
-      if (timer.list != &server_->io_timers()) server_->io_timers().arm(timer, now);
+      // Re-armed on every event, so it measures a stall, not the length of a slow download.
+      server_->io_timers().arm(timer, now);
       break;
     case State::kLingering:
       if (timer.list != &server_->linger_timers()) server_->linger_timers().arm(timer, now);
@@ -270,6 +272,15 @@ bool Connection::step_read_head() noexcept {
     }
     if (!readable_) {
       if (in_ && in_->end() == 0 && !out_pending()) release_buffers();
+      if (peer_eof_ && (!in_ || in_->end() == 0)) {
+        // The client half-closed and every request it sent is answered: done.
+        if (out_pending()) {
+          keep_alive_ = false;
+          state_ = State::kClosing;
+          return true;
+        }
+        close_now();
+      }
       return false;
     }
     switch (read_some()) {
@@ -382,6 +393,7 @@ void Connection::after_response() noexcept {
     return;
   }
   if (!body_done_) {
+    discard_left_ = kMaxDiscard;
     state_ = State::kDiscardBody;
     return;
   }
@@ -397,13 +409,17 @@ void Connection::after_response() noexcept {
 }
 
 bool Connection::step_discard() noexcept {
-  uint64_t dropped = 0;
   for (;;) {
     std::string_view data;
     BodyStatus s = body_peek(&data, false);
     if (s == BodyStatus::kData) {
       body_consume(data.size());
-      dropped += data.size();
+      if (data.size() > discard_left_) {
+        keep_alive_ = false;  // more than we are willing to read for nothing
+        state_ = State::kClosing;
+        return true;
+      }
+      discard_left_ -= data.size();
       continue;
     }
     if (s == BodyStatus::kEof) {
@@ -453,7 +469,7 @@ bool Connection::decode_body() noexcept {
   cur_len_ = r.data.size();
   body_pos_ += r.consumed;
   if (r.done) body_done_ = true;
-  return true;
+  return r.consumed > 0 || r.done;
 }
 
 Exchange::BodyStatus Connection::body_peek(std::string_view* out, bool block) noexcept {
@@ -465,8 +481,14 @@ Exchange::BodyStatus Connection::body_peek(std::string_view* out, bool block) no
     }
     if (body_done_) return BodyStatus::kEof;
     if (decode_body()) continue;
-    // Nothing buffered: everything up to body_pos_ is consumed, so reuse the space after the head.
-    if (in_) in_->set_window(0, head_len_);
+    // Everything decodable is consumed: keep any undecoded tail right after the head (which stays
+    // in place for the views the app holds) and read more behind it.
+    if (in_) {
+      size_t rest = in_->end() - body_pos_;
+      if (rest && body_pos_ != head_len_)
+        std::memmove(in_->data() + head_len_, in_->data() + body_pos_, rest);
+      in_->set_window(0, head_len_ + rest);
+    }
     body_pos_ = head_len_;
     if (continue_pending_ && !started_) {
       if (!send_continue()) {

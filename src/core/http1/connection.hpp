@@ -126,6 +126,7 @@ class Connection final : public net::IoHandler, public Exchange {
   size_t cur_len_ = 0;
   uint64_t body_left_ = 0;      // Content-Length bodies: bytes still to come
   bool body_done_ = true;
+  uint64_t discard_left_ = 0;   // kDiscardBody: bytes we still accept to drop
   bool continue_pending_ = false;  // "Expect: 100-continue" and no 100 sent yet
   BodyError body_error_ = BodyError::kNone;
 

@@ -421,6 +421,21 @@ ParseError parse_field_line(const char* p, const char* end, std::string_view* na
   ++p;
   while (p < end && is_ows(*p)) ++p;
   const char* v = p;
+  // Values are most of a head's bytes: check 8 at a time (any byte < 0x20 or == 0x7f?) and fall
+  // back to the table only for a block that has one (usually an HTAB, else an error).
+  constexpr uint64_t kOnes = 0x0101010101010101ull, kHighs = 0x8080808080808080ull;
+  while (end - p >= 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    uint64_t ctl = (w - kOnes * 0x20) & ~w & kHighs;
+    uint64_t x = w ^ (kOnes * 0x7f);
+    uint64_t del = (x - kOnes) & ~x & kHighs;
+    if ((ctl | del) != 0) {
+      for (int i = 0; i < 8; ++i)
+        if (!has_class(p[i], kFieldChar)) return ParseError::kBadHeaderValue;
+    }
+    p += 8;
+  }
   for (; p < end; ++p)
     if (!has_class(*p, kFieldChar)) return ParseError::kBadHeaderValue;
   while (p > v && is_ows(p[-1])) --p;

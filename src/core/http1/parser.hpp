@@ -96,12 +96,18 @@ inline constexpr ptrdiff_t kError = -1;
 // Parses one request head from buf[0..len). On kError, *error says why. `scan_from` is an in/out
 // hint: the offset up to which a previous call found no end of head; start it at 0 per request.
 // max_head: total bytes the head may use (the caller's buffer budget); beyond it -> kHeadTooLarge.
+// Timing of verdicts: a malformed line is refused as soon as its LF arrives, a limit as soon as
+// the byte that crosses it arrives; checks over the whole head (field count, Content-Length /
+// Transfer-Encoding / Host) when the head ends. Whatever the split, the outcome is the same as
+// for one read of the same bytes. *scan_from is left at the start of the unfinished line.
 ptrdiff_t parse_request_head(const char* buf, size_t len, const Limits& limits, Request& out,
                              ParseError* error, size_t* scan_from, size_t max_head = 65536) noexcept;
 
 // Incremental decoder for a chunked request body (RFC 9112 section 7.1), trailers included.
 // feed() consumes framing and returns at most one span of body data per call; the data view
-// points into the input. Call again with the unconsumed rest.
+// points into the input. Call again with the unconsumed rest. feed() returns as soon as it has a
+// data span (framing after it is left for the next call), never holds bytes back, and stops right
+// after the final CRLF of the trailer section.
 class ChunkedDecoder {
  public:
   enum class State : uint8_t { kSize, kExt, kSizeLF, kData, kDataCR, kDataLF, kTrailer, kDone, kError };
