@@ -193,6 +193,8 @@ struct WsgiHandler::Impl {
   HeaderKeyCache header_keys;
   std::string scratch;       // percent-decoding and read() accumulation
   std::vector<http1::Header> resp_headers;  // views into the app's header strs
+  std::string last_addr_text;  // REMOTE_ADDR of the previous request, and its str
+  Ref last_addr;
   Ref cached_sr, cached_input, cached_write;  // reused when nobody else holds them
 
   StartResponseObject* take_sr(Exchange* ex) noexcept;
@@ -580,9 +582,18 @@ PyObject* WsgiHandler::Impl::build_environ(Exchange& ex, PyObject* input) noexce
   PyObject* proto = rq.version_minor ? S->HTTP_1_1.get() : S->HTTP_1_0.get();
   if (PyDict_SetItem(d, S->SERVER_PROTOCOL.get(), proto) < 0) return nullptr;
   if (!ex.remote_addr().empty()) {
-    if (!set_steal(d, S->REMOTE_ADDR.get(), latin1(ex.remote_addr()))) return nullptr;
-    if (!set_steal(d, S->REMOTE_PORT.get(), PyUnicode_FromFormat("%d", ex.remote_port())))
-      return nullptr;
+    // Most requests come from the address before them: reuse that str.
+    if (!last_addr || last_addr_text != ex.remote_addr()) {
+      last_addr = Ref::steal(latin1(ex.remote_addr()));
+      if (!last_addr) return nullptr;
+      last_addr_text.assign(ex.remote_addr());
+    }
+    if (PyDict_SetItem(d, S->REMOTE_ADDR.get(), last_addr.get()) < 0) return nullptr;
+    char digits[24];
+    size_t nd = base::format_u64(uint64_t(ex.remote_port()), digits);
+    PyObject* port = PyUnicode_New(Py_ssize_t(nd), 127);
+    if (port) std::memcpy(PyUnicode_1BYTE_DATA(port), digits, nd);
+    if (!set_steal(d, S->REMOTE_PORT.get(), port)) return nullptr;
   }
   if (PyDict_SetItem(d, S->wsgi_input.get(), input) < 0) return nullptr;
 

@@ -106,7 +106,14 @@ void Connection::drive() noexcept {
       case State::kLent:
         return;
       case State::kReadHead:
-        if (step_read_head()) continue;
+        switch (step_read_head()) {
+          case Step::kContinue:
+            continue;
+          case Step::kWait:
+            break;
+          case Step::kHandedOff:
+            return;  // a pool thread owns the connection now: touch nothing, not even state_
+        }
         break;
       case State::kInApp:
         // Inline mode, paused on output: resume the producer once everything queued went out.
@@ -248,8 +255,7 @@ Connection::ReadResult Connection::read_some() noexcept {
 
 // ---- reading request heads --------------------------------------------------------------------
 
-// Returns true when the state changed and drive() should run again.
-bool Connection::step_read_head() noexcept {
+Connection::Step Connection::step_read_head() noexcept {
   for (;;) {
     if (in_ && in_->end() > 0) {
       ParseError err = ParseError::kNone;
@@ -257,18 +263,15 @@ bool Connection::step_read_head() noexcept {
       req_.headers_capacity = headers_.size();
       ptrdiff_t r = parse_request_head(in_->data(), in_->end(), server_->config().limits, req_,
                                        &err, &scan_from_, in_->capacity());
-      if (r > 0) {
-        begin_exchange(size_t(r));
-        return true;
-      }
+      if (r > 0) return begin_exchange(size_t(r)) ? Step::kHandedOff : Step::kContinue;
       if (r == kError) {
         reject(err);
-        return true;
+        return Step::kContinue;
       }
     }
     if (server_->stopping() && (!in_ || in_->end() == 0) && !out_pending()) {
       close_now();
-      return false;
+      return Step::kWait;
     }
     if (!readable_) {
       if (in_ && in_->end() == 0 && !out_pending()) release_buffers();
@@ -277,11 +280,11 @@ bool Connection::step_read_head() noexcept {
         if (out_pending()) {
           keep_alive_ = false;
           state_ = State::kClosing;
-          return true;
+          return Step::kContinue;
         }
         close_now();
       }
-      return false;
+      return Step::kWait;
     }
     switch (read_some()) {
       case ReadResult::kGot:
@@ -295,15 +298,16 @@ bool Connection::step_read_head() noexcept {
           // Answer what was already asked, then close.
           keep_alive_ = false;
           state_ = State::kClosing;
-          return true;
+          return Step::kContinue;
         }
         close_now();
-        return false;
+        return Step::kWait;
     }
   }
 }
 
-void Connection::begin_exchange(size_t head_len) noexcept {
+// Returns true if the exchange went to a pool thread (the caller must not touch us any more).
+bool Connection::begin_exchange(size_t head_len) noexcept {
   head_len_ = head_len;
   body_pos_ = head_len;
   cur_off_ = cur_len_ = 0;
@@ -340,7 +344,7 @@ void Connection::begin_exchange(size_t head_len) noexcept {
     blocking_ = true;
     lent_.store(true, std::memory_order_release);
     server_->dispatch_to_pool(this);
-    return;
+    return true;
   }
   state_ = State::kInApp;
   blocking_ = false;
@@ -353,6 +357,7 @@ void Connection::begin_exchange(size_t head_len) noexcept {
       abort();
     }
   }
+  return false;
 }
 
 void Connection::serve_lent() noexcept {
@@ -580,19 +585,40 @@ Exchange::StartError Connection::start_response(int status, std::string_view rea
         break;
     }
   }
+  status_ = status;
+  declared_len_ = declared;
+  no_body_ = req_.method_id == Method::kHead || status < 200 || status == 204 || status == 304;
+  if (declared < 0 && !no_body_) {
+    if (req_.version_minor >= 1) chunked_out_ = true;
+    else keep_alive_ = false;  // HTTP/1.0 without a length: the close delimits the body
+  }
+  if (server_->stopping()) keep_alive_ = false;
+  std::string_view phrase = reason.empty() ? status_reason(status) : reason;
+  std::string_view date = server_->loop().clock().http_date();
+  std::string_view conn = !keep_alive_ ? std::string_view("Connection: close\r\n")
+                          : req_.version_minor == 0 ? std::string_view("Connection: keep-alive\r\n")
+                                                    : std::string_view();
+  // One size pass, one reservation, then plain copies: this runs once per response.
+  size_t total = 9 + 3 + 1 + phrase.size() + 2 + 16 + 6 + date.size() + 2 + 28 + conn.size() + 2;
+  for (size_t i = 0; i < n; ++i) total += headers[i].name.size() + headers[i].value.size() + 4;
   ensure_out();
-  base::Buffer& o = *out_;
-  char num[24];
-  o.append("HTTP/1.1 ");
-  o.append(num, base::format_u64(uint64_t(status), num));
-  o.append(" ");
-  o.append(reason.empty() ? status_reason(status) : reason);
-  o.append(kCRLF);
-  if (!has_server) o.append("Server: fulmen\r\n");
+  out_->ensure_space(total);
+  char* const begin = out_->end_ptr();
+  char* p = begin;
+  auto put = [&p](std::string_view v) {
+    std::memcpy(p, v.data(), v.size());
+    p += v.size();
+  };
+  put("HTTP/1.1 ");
+  p += base::format_u64(uint64_t(status), p);
+  *p++ = ' ';
+  put(phrase);
+  put(kCRLF);
+  if (!has_server) put("Server: fulmen\r\n");
   if (!has_date) {
-    o.append("Date: ");
-    o.append(server_->loop().clock().http_date());
-    o.append(kCRLF);
+    put("Date: ");
+    put(date);
+    put(kCRLF);
   }
   for (size_t i = 0; i < n; ++i) {
     std::string_view name = headers[i].name;
@@ -600,29 +626,15 @@ Exchange::StartError Connection::start_response(int status, std::string_view rea
     if ((name.size() == 10 && (base::iequals(name, "connection") || base::iequals(name, "keep-alive"))) ||
         (name.size() == 17 && base::iequals(name, "transfer-encoding")))
       continue;
-    o.append(name);
-    o.append(": ");
-    o.append(headers[i].value);
-    o.append(kCRLF);
+    put(name);
+    put(": ");
+    put(headers[i].value);
+    put(kCRLF);
   }
-  status_ = status;
-  declared_len_ = declared;
-  no_body_ = req_.method_id == Method::kHead || status < 200 || status == 204 || status == 304;
-  if (declared < 0 && !no_body_) {
-    if (req_.version_minor >= 1) {
-      o.append("Transfer-Encoding: chunked\r\n");
-      chunked_out_ = true;
-    } else {
-      keep_alive_ = false;  // HTTP/1.0 without a length: the close delimits the body
-    }
-  }
-  if (server_->stopping()) keep_alive_ = false;
-  if (!keep_alive_) {
-    o.append("Connection: close\r\n");
-  } else if (req_.version_minor == 0) {
-    o.append("Connection: keep-alive\r\n");
-  }
-  o.append(kCRLF);
+  if (chunked_out_) put("Transfer-Encoding: chunked\r\n");
+  put(conn);
+  put(kCRLF);
+  out_->commit(size_t(p - begin));
   started_ = true;
   continue_pending_ = continue_pending_ && body_done_;  // no 100 after a final status
   return StartError::kNone;

@@ -74,11 +74,12 @@ class Connection final : public net::IoHandler, public Exchange {
     kLingering,    // write side shut; drain what the client still sends, then close
   };
   enum class ReadResult : uint8_t { kGot, kAgain, kEof, kFull, kError };
+  enum class Step : uint8_t { kContinue, kWait, kHandedOff };
 
   void drive() noexcept;
-  bool step_read_head() noexcept;
+  Step step_read_head() noexcept;
   bool step_discard() noexcept;
-  void begin_exchange(size_t head_len) noexcept;
+  bool begin_exchange(size_t head_len) noexcept;
   void after_response() noexcept;
   void reject(ParseError e) noexcept;
   void write_simple(int status, std::string_view body) noexcept;
