@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
+#include <thread>
 #include <cstring>
 #include <string>
 
@@ -26,6 +28,14 @@ constexpr int64_t kAcceptPauseMs = 100;   // back-off when out of file descripto
 constexpr size_t kAccessFlushBytes = 32 * 1024;
 }  // namespace
 
+struct Server::Watchdog {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;      // run() returned
+  bool started = false;
+  int64_t limit_ms = 0;   // how long after the first stop request to wait
+};
+
 Server::Server(ServerConfig config, http1::AppHandler* app, base::Logger* logger)
     : config_(std::move(config)),
       app_(app),
@@ -37,6 +47,7 @@ Server::Server(ServerConfig config, http1::AppHandler* app, base::Logger* logger
       io_timers_(config_.body_timeout_ms),
       linger_timers_(kLingerMs) {
   block_hooks_ = &no_hooks_;
+  watchdog_ = std::make_shared<Watchdog>();
   if (config_.threads > 1) {
     in_pool_.set_shared(true);
     out_pool_.set_shared(true);
@@ -63,6 +74,44 @@ void Server::stop(bool graceful) noexcept {
   while (cur < want && !stop_request_.compare_exchange_weak(cur, want)) {
   }
   loop_.wake();
+  if (config_.exit_watchdog) start_watchdog(graceful ? config_.graceful_timeout_ms + 2000 : 2000);
+}
+
+// Runs on any thread (even inside a signal handler's Python code): everything it touches is
+// the shared Watchdog state.
+void Server::start_watchdog(int64_t ms) noexcept {
+  auto wd = watchdog_;
+  std::lock_guard<std::mutex> g(wd->mu);
+  if (wd->done) return;
+  if (wd->started) {
+    // An immediate stop after a graceful one shortens the wait.
+    if (ms < wd->limit_ms) {
+      wd->limit_ms = ms;
+      wd->cv.notify_all();
+    }
+    return;
+  }
+  wd->started = true;
+  wd->limit_ms = ms;
+  try {
+    std::thread([wd] {
+      auto start = std::chrono::steady_clock::now();
+      std::unique_lock<std::mutex> lk(wd->mu);
+      for (;;) {
+        auto deadline = start + std::chrono::milliseconds(wd->limit_ms);
+        if (wd->cv.wait_until(lk, deadline, [&] { return wd->done; })) return;
+        if (std::chrono::steady_clock::now() >= start + std::chrono::milliseconds(wd->limit_ms)) break;
+      }
+      static const char kMsg[] =
+          "[fulmen] shutdown did not finish in time (an application call is still running); "
+          "exiting now\n";
+      ssize_t r = ::write(2, kMsg, sizeof kMsg - 1);
+      (void)r;
+      _exit(0);
+    }).detach();
+  } catch (...) {
+    wd->started = false;  // no thread: shutdown still proceeds, just without the backstop
+  }
 }
 
 int Server::run(net::LoopHooks* loop_hooks) noexcept {
@@ -107,6 +156,11 @@ int Server::run(net::LoopHooks* loop_hooks) noexcept {
     pool_closed_ = true;
     pool_cv_.notify_all();
   }
+  {
+    std::lock_guard<std::mutex> g(watchdog_->mu);
+    watchdog_->done = true;
+    watchdog_->cv.notify_all();
+  }
   return 0;
 }
 
@@ -114,12 +168,19 @@ void Server::begin_shutdown() noexcept {
   stopping_ = true;
   shutdown_deadline_ms_ = loop_.clock().now_ms() + config_.graceful_timeout_ms;
   for (auto& l : listeners_) {
-    if (l->active) loop_.remove(l->cfg_.fd);
+    if (l->active) {
+      // Connections the kernel already completed are clients waiting for us: serve them.
+      accept_from(*l, /*drain=*/true);
+      loop_.remove(l->cfg_.fd);
+    }
     l->active = false;
+    if (config_.shutdown_listeners) ::shutdown(l->cfg_.fd, SHUT_RDWR);
   }
   accept_paused_until_ms_ = 0;
-  for (auto& c : all_conns_)
+  for (size_t i = 0; i < all_conns_.size(); ++i) {
+    http1::Connection* c = all_conns_[i].get();
     if (c->is_open() && !c->is_lent()) c->stop_if_idle();
+  }
 }
 
 int Server::next_timeout_ms() const noexcept {
@@ -143,10 +204,10 @@ void Server::expire_timers() noexcept {
   }
 }
 
-void Server::Listener::on_io(uint32_t) noexcept { server_->accept_from(*this); }
+void Server::Listener::on_io(uint32_t) noexcept { server_->accept_from(*this, false); }
 
-void Server::accept_from(Listener& l) noexcept {
-  for (int i = 0; i < kAcceptBatch; ++i) {
+void Server::accept_from(Listener& l, bool drain) noexcept {
+  for (int i = 0; drain || i < kAcceptBatch; ++i) {
     sockaddr_storage addr;
     socklen_t len = sizeof addr;
     int fd = accept4(l.cfg_.fd, reinterpret_cast<sockaddr*>(&addr), &len,

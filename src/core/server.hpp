@@ -40,6 +40,12 @@ struct ServerConfig {
   int access_log_fd = -1;                  // -1: no access log
   size_t buffer_size = 64 * 1024;          // per-connection input buffer (also the head limit)
   size_t output_high_watermark = 256 * 1024;  // pause the producer above this many queued bytes
+  // On stop, shut the listening sockets down so new connections are refused at once instead of
+  // waiting in the backlog (a supervisor sharing them with other workers turns this off).
+  bool shutdown_listeners = true;
+  // On stop, a watchdog thread ends the process (_exit) if run() has not returned this long after
+  // the graceful timeout: an app stuck on the loop thread cannot be interrupted any other way.
+  bool exit_watchdog = true;
 };
 
 // Called around waits that block the calling thread (body reads, write stalls in pool threads).
@@ -106,13 +112,14 @@ class Server {
     ListenerConfig cfg_;
     bool active = false;
   };
-  void accept_from(Listener& l) noexcept;
+  void accept_from(Listener& l, bool drain) noexcept;
   void begin_shutdown() noexcept;
   void expire_timers() noexcept;
   int next_timeout_ms() const noexcept;
   void flush_access_log() noexcept;
   void drain_returned() noexcept;
   void pause_accepting(int64_t ms) noexcept;
+  void start_watchdog(int64_t ms) noexcept;
 
   ServerConfig config_;
   http1::AppHandler* app_;
@@ -132,6 +139,8 @@ class Server {
   std::vector<http1::Connection*> free_conns_;                   // closed ones, ready for reuse
   ServerStats stats_;
   std::atomic<int> stop_request_{0};  // 0 none, 1 graceful, 2 immediate
+  struct Watchdog;
+  std::shared_ptr<Watchdog> watchdog_;  // shared with its thread, which may outlive us
   bool stopping_ = false;
   int64_t shutdown_deadline_ms_ = 0;
   int64_t accept_paused_until_ms_ = 0;

@@ -193,7 +193,11 @@ void Connection::on_timer() noexcept {
 }
 
 void Connection::stop_if_idle() noexcept {
-  if (state_ == State::kReadHead && (!in_ || in_->end() == 0) && !out_pending()) close_now();
+  if (state_ == State::kReadHead && (!in_ || in_->end() == 0) && !out_pending()) {
+    // A request may be sitting unread in the socket (no edge seen yet): look before closing.
+    readable_ = true;
+    drive();
+  }
 }
 
 void Connection::close_now() noexcept {
@@ -593,6 +597,14 @@ Exchange::StartError Connection::start_response(int status, std::string_view rea
     else keep_alive_ = false;  // HTTP/1.0 without a length: the close delimits the body
   }
   if (server_->stopping()) keep_alive_ = false;
+  // A final status before the body we never asked for: the client may still send it, so say we
+  // close (RFC 9110 section 10.1.1), and never send 100 after this.
+  if (continue_pending_ && !body_done_) keep_alive_ = false;
+  continue_pending_ = false;
+  // HEAD gets the framing header GET would have had, without a body.
+  bool te_header = chunked_out_ || (req_.method_id == Method::kHead && declared < 0 &&
+                                    req_.version_minor >= 1 && status >= 200 && status != 204 &&
+                                    status != 304);
   std::string_view phrase = reason.empty() ? status_reason(status) : reason;
   std::string_view date = server_->loop().clock().http_date();
   std::string_view conn = !keep_alive_ ? std::string_view("Connection: close\r\n")
@@ -631,12 +643,11 @@ Exchange::StartError Connection::start_response(int status, std::string_view rea
     put(headers[i].value);
     put(kCRLF);
   }
-  if (chunked_out_) put("Transfer-Encoding: chunked\r\n");
+  if (te_header) put("Transfer-Encoding: chunked\r\n");
   put(conn);
   put(kCRLF);
   out_->commit(size_t(p - begin));
   started_ = true;
-  continue_pending_ = continue_pending_ && body_done_;  // no 100 after a final status
   return StartError::kNone;
 }
 
@@ -823,11 +834,14 @@ bool Connection::finish() noexcept {
 }
 
 void Connection::abort() noexcept {
+  if (finished_) return;
   finished_ = true;
   paused_ = false;
   keep_alive_ = false;
-  failed_ = true;
   if (server_->config().access_log_fd >= 0 && started_) log_access();
+  // What was already produced still goes out (the client sees a truncated message: no final
+  // chunk, or fewer bytes than Content-Length), then the connection closes.
+  if (!failed_) state_ = State::kClosing;
 }
 
 void Connection::send_simple(int status, std::string_view body, bool close) noexcept {
