@@ -292,10 +292,16 @@ void Server::dispatch_to_pool(http1::Connection* c) noexcept {
 
 http1::Connection* Server::pool_take() noexcept {
   std::unique_lock<std::mutex> g(pool_mu_);
-  pool_cv_.wait(g, [&] { return pool_closed_ || !pool_queue_.empty(); });
-  if (pool_queue_.empty()) return nullptr;
-  http1::Connection* c = pool_queue_.front();
-  pool_queue_.pop_front();
+  pool_cv_.wait(g, [&] { return pool_closed_ || pool_head_ < pool_queue_.size(); });
+  if (pool_head_ == pool_queue_.size()) return nullptr;
+  http1::Connection* c = pool_queue_[pool_head_++];
+  if (pool_head_ == pool_queue_.size()) {
+    pool_queue_.clear();
+    pool_head_ = 0;
+  } else if (pool_head_ > 64 && pool_head_ * 2 > pool_queue_.size()) {
+    pool_queue_.erase(pool_queue_.begin(), pool_queue_.begin() + ptrdiff_t(pool_head_));
+    pool_head_ = 0;
+  }
   return c;
 }
 
@@ -308,7 +314,7 @@ void Server::return_from_pool(http1::Connection* c) noexcept {
 }
 
 void Server::drain_returned() noexcept {
-  std::vector<http1::Connection*> batch;
+  std::vector<http1::Connection*>& batch = returned_spare_;
   {
     std::lock_guard<std::mutex> g(pool_mu_);
     if (returned_.empty()) return;
@@ -318,6 +324,7 @@ void Server::drain_returned() noexcept {
     --lent_;
     c->on_returned();
   }
+  batch.clear();
 }
 
 }  // namespace fulmen

@@ -6,7 +6,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -148,8 +147,12 @@ class Server {
   // Pool mode only (threads > 1): connections lent to app threads and returned by them.
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;
-  std::deque<http1::Connection*> pool_queue_;
+  // FIFO as a vector + head index, and two swapped return vectors: both keep their capacity, so
+  // steady-state hand-offs allocate nothing.
+  std::vector<http1::Connection*> pool_queue_;
+  size_t pool_head_ = 0;
   std::vector<http1::Connection*> returned_;
+  std::vector<http1::Connection*> returned_spare_;  // loop thread only
   bool pool_closed_ = false;
   int lent_ = 0;
 
