@@ -201,3 +201,22 @@ def server():
     yield start
     for srv in started:
         srv.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_server():
+    """Like `server`, but one process per distinct command line for the whole test module (for
+    tests that only send requests and leave no state behind); all are killed at module end."""
+    running: dict[tuple, Server] = {}
+
+    def start(app_spec: str, *extra_args: str) -> Server:
+        key = (app_spec, *extra_args)
+        srv = running.get(key)
+        if srv is None or srv.proc.poll() is not None:
+            srv = Server([sys.executable, "-m", "fulmen", "--port", "0", *extra_args, app_spec], None)
+            running[key] = srv
+        return srv
+
+    yield start
+    for srv in running.values():
+        srv.kill()
