@@ -115,6 +115,16 @@ void Connection::drive() noexcept {
             return;  // a pool thread owns the connection now: touch nothing, not even state_
         }
         break;
+      case State::kReadBody:
+        switch (step_read_body()) {
+          case Step::kContinue:
+            continue;
+          case Step::kWait:
+            break;
+          case Step::kHandedOff:
+            return;
+        }
+        break;
       case State::kInApp:
         // Inline mode, paused on output: resume the producer once everything queued went out.
         if (paused_) {
@@ -170,6 +180,7 @@ void Connection::arm_timer_for_state() noexcept {
         server_->keep_alive_timers().arm(timer, now);
       }
       break;
+    case State::kReadBody:
     case State::kInApp:
     case State::kDiscardBody:
     case State::kClosing:
@@ -267,7 +278,14 @@ Connection::Step Connection::step_read_head() noexcept {
       req_.headers_capacity = headers_.size();
       ptrdiff_t r = parse_request_head(in_->data(), in_->end(), server_->config().limits, req_,
                                        &err, &scan_from_, in_->capacity());
-      if (r > 0) return begin_exchange(size_t(r)) ? Step::kHandedOff : Step::kContinue;
+      if (r > 0) {
+        head_len_ = size_t(r);
+        if (wants_body_first()) {
+          state_ = State::kReadBody;
+          return Step::kContinue;
+        }
+        return begin_exchange(head_len_) ? Step::kHandedOff : Step::kContinue;
+      }
       if (r == kError) {
         reject(err);
         return Step::kContinue;
@@ -308,6 +326,29 @@ Connection::Step Connection::step_read_head() noexcept {
         return Step::kWait;
     }
   }
+}
+
+// Inline mode runs the app on the loop thread, where a read that waits for a slow client would
+// stall every other connection. So a body that fits in the input buffer is read completely by the
+// loop (non-blocking) before the app is called. Not for 100-continue (the client waits for us)
+// nor chunked bodies (their size is unknown); larger bodies are streamed to the app as usual.
+bool Connection::wants_body_first() const noexcept {
+  if (server_->config().threads > 1 || req_.body != BodyKind::kLength || req_.expect_continue)
+    return false;
+  uint64_t need = uint64_t(head_len_) + req_.content_length;
+  return need <= in_->capacity() && in_->end() < need;
+}
+
+Connection::Step Connection::step_read_body() noexcept {
+  uint64_t need = uint64_t(head_len_) + req_.content_length;
+  while (in_->end() < need) {
+    if (!readable_) return Step::kWait;
+    ReadResult rr = read_some();
+    if (rr == ReadResult::kGot || rr == ReadResult::kAgain) continue;
+    close_now();  // EOF or error before the body was complete: nobody to answer
+    return Step::kWait;
+  }
+  return begin_exchange(head_len_) ? Step::kHandedOff : Step::kContinue;
 }
 
 // Returns true if the exchange went to a pool thread (the caller must not touch us any more).

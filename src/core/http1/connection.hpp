@@ -67,6 +67,7 @@ class Connection final : public net::IoHandler, public Exchange {
   enum class State : uint8_t {
     kClosed,
     kReadHead,     // waiting for / parsing the next request head
+    kReadBody,     // inline mode: head parsed, waiting until a small body is all here
     kInApp,        // the app owns the exchange (inline: running or paused on output)
     kLent,         // pool mode: a pool thread owns everything
     kDiscardBody,  // response done; reading and dropping the unread rest of the request body
@@ -78,6 +79,8 @@ class Connection final : public net::IoHandler, public Exchange {
 
   void drive() noexcept;
   Step step_read_head() noexcept;
+  Step step_read_body() noexcept;
+  bool wants_body_first() const noexcept;
   bool step_discard() noexcept;
   bool begin_exchange(size_t head_len) noexcept;
   void after_response() noexcept;
