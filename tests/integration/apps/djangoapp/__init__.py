@@ -1,0 +1,1 @@
+"""A minimal real Django project served by Fulmen in the integration tests."""
