@@ -211,12 +211,32 @@ def test_empty_app_body_without_length(probe):
     assert r.status == 200 and r.body == b""
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_unread_request_body_is_skipped_before_the_next_request(probe, framing):
+    # The app answers without reading the body; the server must drop exactly that body and
+    # parse what follows as the next request (anything else is a request-smuggling hole).
+    inner = b"GET /head HTTP/1.1\r\nHost: smuggled\r\n\r\n"  # looks like a request, is body
+    if framing == "length":
+        first = request_bytes("POST", "/expect", [("Content-Length", str(len(inner)))], inner)
+    else:
+        first = request_bytes("POST", "/expect", [("Transfer-Encoding", "chunked")], chunked(inner[:7], inner[7:]))
+    with connect(probe.port) as sock:
+        sock.sendall(first + get("/chunks?n=2"))
+        reader = Reader(sock)
+        r1 = reader.read_response()
+        assert (r1.status, r1.body) == (403, b"did not read")
+        r2 = reader.read_response()
+        assert (r2.status, r2.body) == (200, b"part0;part1;")  # not the smuggled /head
+
+
 # ---- Expect: 100-continue ---------------------------------------------------------------------------
 
 
-def test_expect_100_continue_sent_when_the_app_reads(probe):
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_expect_100_continue_sent_when_the_app_reads(shared_server, threads):
+    srv = shared_server("probe:app", "--threads", threads)
     body = b"the body"
-    with connect(probe.port) as sock:
+    with connect(srv.port) as sock:
         sock.sendall(request_bytes("POST", "/expect?read=1",
                                    [("Content-Length", str(len(body))), ("Expect", "100-continue")]))
         reader = Reader(sock)
