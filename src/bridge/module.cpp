@@ -261,7 +261,7 @@ PyObject* server_run(PyObject* o, PyObject*) {
     bool all_exited;
     {
       std::unique_lock<std::mutex> lk(exits->mu);
-      all_exited = exits->cv.wait_for(lk, std::chrono::seconds(2), [&] { return exits->left == 0; });
+      all_exited = exits->cv.wait_for(lk, std::chrono::milliseconds(500), [&] { return exits->left == 0; });
     }
     for (auto& t : workers) {
       if (all_exited) t.join(); else t.detach();

@@ -139,7 +139,7 @@ int Server::run(net::LoopHooks* loop_hooks) noexcept {
           if (c->is_lent()) c->force_shutdown(); else c->close_now();
         }
         if (lent_ == 0) break;
-        if (now >= shutdown_deadline_ms_ + 1000) break;  // a stuck app thread: give up on it
+        if (now >= shutdown_deadline_ms_ + 200) break;  // a stuck app thread: give up on it
       } else if (stats_.connections_open == 0 && lent_ == 0) {
         break;
       }

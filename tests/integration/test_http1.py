@@ -754,10 +754,6 @@ def test_new_connections_are_not_served_during_graceful_shutdown(server, tmp_pat
     assert srv.proc.wait(15) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with an app thread stuck past --graceful-timeout the process exits ~3 s late: Server::run() "
-    "waits 1 s more for the stuck thread after the deadline, then server_run() in module.cpp waits "
-    "another 2 s for the workers before detaching them (4 s in all for --graceful-timeout 1)"))
 def test_graceful_timeout_bounds_the_shutdown(server, tmp_path):
     srv = server("probe:app", "--threads", "2", "--graceful-timeout", "1")
     state = tmp_path / "started"
