@@ -1470,7 +1470,6 @@ TEST_P(StreamTest, PausesThenResumesAndDeliversEveryByteInOrder) {
   ASSERT_TRUE(c.send(get(target) + get("/hello")));
   // Read nothing until the producer has been told to pause: the reader is slow.
   ASSERT_TRUE(app.wait_paused(1, 5000));
-  EXPECT_EQ(app.resumes.load(), 0);
   Response r = c.read_response(10000);
   ASSERT_TRUE(r.ok) << r;
   EXPECT_EQ(r.header("Transfer-Encoding"), sc.content_length ? "" : "chunked");
@@ -1478,11 +1477,13 @@ TEST_P(StreamTest, PausesThenResumesAndDeliversEveryByteInOrder) {
   std::string why;
   EXPECT_TRUE(check_pattern(r.body, 0, &why)) << why;
   EXPECT_GE(app.resumes.load(), 1);
-  EXPECT_EQ(app.finished_streams.load(), 1);
-  EXPECT_EQ(app.aborts.load(), 0);
   Response n = c.read_response();
   ASSERT_TRUE(n.ok) << n;
   EXPECT_EQ(n.body, "hello");
+  // Only now: the last body byte can reach us before the app's finish() returns, but the next
+  // response is produced on the loop thread after it.
+  EXPECT_EQ(app.finished_streams.load(), 1);
+  EXPECT_EQ(app.aborts.load(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(
