@@ -1456,6 +1456,9 @@ struct StreamCase {
   bool content_length;
 };
 
+// Names the case in test listings (the default prints raw bytes, padding included).
+void PrintTo(const StreamCase& c, std::ostream* os) { *os << c.name; }
+
 class StreamTest : public ::testing::TestWithParam<StreamCase> {};
 
 TEST_P(StreamTest, PausesThenResumesAndDeliversEveryByteInOrder) {
