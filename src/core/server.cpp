@@ -40,7 +40,7 @@ Server::Server(ServerConfig config, http1::AppHandler* app, base::Logger* logger
     : config_(std::move(config)),
       app_(app),
       logger_(logger),
-      in_pool_(config_.buffer_size),
+      in_pool_(config_.buffer_size + kBodySlack),
       out_pool_(16 * 1024),
       keep_alive_timers_(config_.keep_alive_ms),
       header_timers_(config_.header_timeout_ms),
@@ -115,14 +115,10 @@ void Server::start_watchdog(int64_t ms) noexcept {
 }
 
 int Server::run(net::LoopHooks* loop_hooks) noexcept {
-  if (!loop_.ok()) return errno ? errno : EMFILE;
-  for (auto& l : listeners_) {
-    int fd = l->cfg_.fd;
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return errno;
-    fcntl(fd, F_SETFD, FD_CLOEXEC);
-    if (int err = loop_.add(fd, l.get(), EPOLLIN)) return err;
-    l->active = true;
+  int err = start_listening();
+  if (err) {
+    finish_run();  // app threads waiting in pool_take() must be released even now
+    return err;
   }
   for (;;) {
     loop_.poll_once(next_timeout_ms(), loop_hooks);
@@ -151,21 +147,36 @@ int Server::run(net::LoopHooks* loop_hooks) noexcept {
     flush_access_log();
   }
   flush_access_log();
-  if (config_.threads > 1) {
-    std::lock_guard<std::mutex> g(pool_mu_);
-    pool_closed_ = true;
-    pool_cv_.notify_all();
-  }
-  {
-    std::lock_guard<std::mutex> g(watchdog_->mu);
-    watchdog_->done = true;
-    watchdog_->cv.notify_all();
+  finish_run();
+  return 0;
+}
+
+int Server::start_listening() noexcept {
+  if (!loop_.ok()) return errno ? errno : EMFILE;
+  for (auto& l : listeners_) {
+    int fd = l->cfg_.fd;
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return errno;
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    if (int err = loop_.add(fd, l.get(), EPOLLIN)) return err;
+    l->active = true;
   }
   return 0;
 }
 
+void Server::finish_run() noexcept {
+  {
+    std::lock_guard<std::mutex> g(pool_mu_);
+    pool_closed_ = true;
+    pool_cv_.notify_all();
+  }
+  std::lock_guard<std::mutex> g(watchdog_->mu);
+  watchdog_->done = true;
+  watchdog_->cv.notify_all();
+}
+
 void Server::begin_shutdown() noexcept {
-  stopping_ = true;
+  stopping_.store(true, std::memory_order_relaxed);
   shutdown_deadline_ms_ = loop_.clock().now_ms() + config_.graceful_timeout_ms;
   for (auto& l : listeners_) {
     if (l->active) {

@@ -37,7 +37,9 @@ struct ServerConfig {
   int64_t body_timeout_ms = 60000;         // longest wait for body bytes or for the peer to read
   int64_t graceful_timeout_ms = 30000;     // stop(): time in-flight requests get to finish
   int access_log_fd = -1;                  // -1: no access log
-  size_t buffer_size = 64 * 1024;          // per-connection input buffer (also the head limit)
+  size_t buffer_size = 64 * 1024;          // the request head budget; the per-connection input
+                                           // buffer is this plus kBodySlack, so a head that uses
+                                           // the whole budget still leaves room for body bytes
   size_t output_high_watermark = 256 * 1024;  // pause the producer above this many queued bytes
   // On stop, shut the listening sockets down so new connections are refused at once instead of
   // waiting in the backlog (a supervisor sharing them with other workers turns this off).
@@ -90,7 +92,8 @@ class Server {
   net::TimerList& header_timers() noexcept { return header_timers_; }
   net::TimerList& io_timers() noexcept { return io_timers_; }
   net::TimerList& linger_timers() noexcept { return linger_timers_; }
-  bool stopping() const noexcept { return stopping_; }
+  bool stopping() const noexcept { return stopping_.load(std::memory_order_relaxed); }
+  static constexpr size_t kBodySlack = 4096;
   void count_request() noexcept { ++stats_.requests_total; }
   void access_log(std::string_view line) noexcept;
   void release(http1::Connection* c) noexcept;  // the connection closed: back to the free list
@@ -119,6 +122,8 @@ class Server {
   void drain_returned() noexcept;
   void pause_accepting(int64_t ms) noexcept;
   void start_watchdog(int64_t ms) noexcept;
+  int start_listening() noexcept;
+  void finish_run() noexcept;
 
   ServerConfig config_;
   http1::AppHandler* app_;
@@ -140,7 +145,7 @@ class Server {
   std::atomic<int> stop_request_{0};  // 0 none, 1 graceful, 2 immediate
   struct Watchdog;
   std::shared_ptr<Watchdog> watchdog_;  // shared with its thread, which may outlive us
-  bool stopping_ = false;
+  std::atomic<bool> stopping_{false};  // read by pool threads too
   int64_t shutdown_deadline_ms_ = 0;
   int64_t accept_paused_until_ms_ = 0;
 

@@ -1010,12 +1010,12 @@ TEST(Server, MalformedChunkedBodyIsABodyErrorAndCloses) {
   EXPECT_TRUE(c.wait_closed(2000));
 }
 
-// Engine bug: with a small Content-Length body the engine waits for the whole body before calling
+// Regression (was an engine bug): with a small Content-Length body the engine waits for the whole body before calling
 // the app (State::kReadBody). If the client's FIN arrives with its last bytes, on_io() sets
 // peer_eof_ but the short read clears readable_, and step_read_body() returns kWait without looking
 // at peer_eof_; edge-triggered epoll reports nothing more, so the connection is held until
 // body_timeout_ms (60 s by default) instead of being closed at once.
-TEST(Server, DISABLED_ClientGoneMidBodyIsDisconnected) {
+TEST(Server, ClientGoneMidBodyIsDisconnected) {
   TestApp app;
   Running srv(test_config(), app);
   Client c(srv.port());
@@ -1267,10 +1267,10 @@ TEST(Server, GoodThenBadPipelined) {
   EXPECT_TRUE(c.pending().empty());  // the request after the bad one is never answered
 }
 
-// Engine bug: when a read fills the input buffer exactly with an unfinished head, the parser says
+// Regression (was an engine bug): when a read fills the input buffer exactly with an unfinished head, the parser says
 // kIncomplete (it cannot know yet), read_some() then reports kFull and the connection is closed
 // with no response at all, instead of 431.
-TEST(Server, DISABLED_HeadLargerThanBufferIs431) {
+TEST(Server, HeadLargerThanBufferIs431) {
   ServerConfig cfg = test_config();
   cfg.buffer_size = 1024;
   TestApp app;
@@ -1312,10 +1312,10 @@ TEST(Server, HeadOneUnderBufferSizeWithBody) {
   EXPECT_EQ(r.body.substr(r.body.size() - 5), "12345");
 }
 
-// Engine bug: a head of exactly buffer_size bytes is accepted, but leaves no room to read its body:
+// Regression (was an engine bug): a head of exactly buffer_size bytes is accepted, but leaves no room to read its body:
 // body_peek() gets kFull from read_some() and reports BodyError::kDisconnected, so the app answers
 // an error to a valid request.
-TEST(Server, DISABLED_HeadExactlyBufferSizeWithBody) {
+TEST(Server, HeadExactlyBufferSizeWithBody) {
   ServerConfig cfg = test_config();
   cfg.buffer_size = 1024;
   TestApp app;
@@ -1757,7 +1757,7 @@ TEST(ServerPool, GracefulStopWithIdleAndErrors) {
 
 // run() that fails to start must still release the pool threads blocked in pool_take(), or the
 // embedder (src/bridge/module.cpp joins them after run() returns) hangs forever.
-TEST(ServerPool, DISABLED_FailedStartReleasesPoolThreads) {
+TEST(ServerPool, FailedStartReleasesPoolThreads) {
   TestApp app;
   ServerConfig cfg = pool_config();
   cfg.listeners.push_back({-1, false});  // not a socket: run() returns EBADF

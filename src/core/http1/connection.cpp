@@ -276,8 +276,10 @@ Connection::Step Connection::step_read_head() noexcept {
       ParseError err = ParseError::kNone;
       req_.headers = headers_.data();
       req_.headers_capacity = headers_.size();
+      // The buffer is larger than the head budget, so a head that uses all of its budget still
+      // leaves room to read its body, and one that exceeds it is refused before the buffer fills.
       ptrdiff_t r = parse_request_head(in_->data(), in_->end(), server_->config().limits, req_,
-                                       &err, &scan_from_, in_->capacity());
+                                       &err, &scan_from_, server_->config().buffer_size);
       if (r > 0) {
         head_len_ = size_t(r);
         if (wants_body_first()) {
@@ -342,7 +344,13 @@ bool Connection::wants_body_first() const noexcept {
 Connection::Step Connection::step_read_body() noexcept {
   uint64_t need = uint64_t(head_len_) + req_.content_length;
   while (in_->end() < need) {
-    if (!readable_) return Step::kWait;
+    if (!readable_) {
+      if (peer_eof_) {
+        close_now();  // the client half-closed before sending the whole body
+        return Step::kWait;
+      }
+      return Step::kWait;
+    }
     ReadResult rr = read_some();
     if (rr == ReadResult::kGot || rr == ReadResult::kAgain) continue;
     close_now();  // EOF or error before the body was complete: nobody to answer
@@ -659,6 +667,7 @@ Exchange::StartError Connection::start_response(int status, std::string_view rea
   char* const begin = out_->end_ptr();
   char* p = begin;
   auto put = [&p](std::string_view v) {
+    if (v.empty()) return;  // an empty view may have a null data(): memcpy must not see it
     std::memcpy(p, v.data(), v.size());
     p += v.size();
   };
