@@ -10,7 +10,7 @@ APT_PACKAGES := build-essential cmake ninja-build libssl-dev libnghttp2-dev zlib
 CPP_BUILD := build/cpp
 SAN_BUILD := build/sanitize
 
-.PHONY: run test deps venv build cpp-test py-test fuzz fuzz-replay bench sanitize-test clean
+.PHONY: run test deps venv build cpp-test py-test fuzz bench sanitize-test test-pythons clean
 
 run: build
 	$(PY) -m fulmen --host 127.0.0.1 --port 8000 --app-dir examples hello:app
@@ -43,6 +43,10 @@ test: cpp-test py-test
 # ASan + UBSan over the engine tests and the Python suite (the extension is preloaded with libasan).
 sanitize-test: venv
 	bash .ci/sanitize
+
+# The Python suite again on the oldest and newest supported Pythons, where installed.
+test-pythons: deps
+	bash .ci/pythons
 
 fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DFULMEN_PYTHON=OFF -DFULMEN_FUZZ=ON
