@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -337,6 +338,18 @@ def tree_cpu_seconds(root: int) -> float:
     return total / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """Non-idle CPU time of the whole machine, all cores (first line of /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK  # user..steal, less idle and iowait
+
+
+def children_cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped children only: wrk, once waited for
+    return ru.ru_utime + ru.ru_stime
+
+
 def tree_hwm_kib(root: int) -> int:
     total = 0
     for pid in process_tree(root):
@@ -616,7 +629,8 @@ class Instance:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> str | None:
-        self.ctx.commands.setdefault(self.server.name, {})[self.app] = shlex.join(self.cmd)
+        shown = shlex.join(self.cmd).replace(str(self.workdir), "$TMPDIR").replace(str(ROOT) + "/", "")
+        self.ctx.commands.setdefault(self.server.name, {})[self.app] = shown.replace(str(self.port), "$PORT")
         self.logf = open(self.log_path, "wb")
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
@@ -664,9 +678,16 @@ def measure(ctx: Context, inst: Instance, sc: Scenario, rnd: int) -> dict:
         return res
     cmd = wrk_cmd(args, sc, inst.port, args.duration, True)
     res["wrk_cmd"] = shlex.join(cmd)
-    cpu0 = tree_cpu_seconds(inst.proc.pid)
+    busy0, wrk0, cpu0 = machine_busy_seconds(), children_cpu_seconds(), tree_cpu_seconds(inst.proc.pid)
+    t0 = time.monotonic()
     rc, out, err = run_wrk(cmd, args.duration)
-    cpu1 = tree_cpu_seconds(inst.proc.pid)
+    cpu1, wrk1, busy1 = tree_cpu_seconds(inst.proc.pid), children_cpu_seconds(), machine_busy_seconds()
+    window = time.monotonic() - t0
+    # CPU used by anything but the server and wrk during the window, in % of one core: other
+    # engineers' builds, the harness, the kernel's own threads. High values mean a noisy sample.
+    res["background_cpu_pct"] = max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - (wrk1 - wrk0)) / window * 100
+    res["wrk_cpu_pct"] = (wrk1 - wrk0) / window * 100
+    res["server_cpu_pct"] = (cpu1 - cpu0) / window * 100
     res["wrk_output"] = out
     if rc != 0:
         res["errors"].append(f"wrk failed (rc {rc}): {(err.strip() or out.strip())[:300]}")
@@ -718,7 +739,8 @@ def summarize(runs: list[dict], servers: list[str], scenarios: list[str]) -> lis
                 vals = [r[key] for r in good if r.get(key) is not None]
                 return statistics.median(vals) if vals else None
 
-            for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "rss_kib"):
+            for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "rss_kib", "server_cpu_pct",
+                        "wrk_cpu_pct", "background_cpu_pct"):
                 row[key] = med(key)
             rows.append(row)
     return rows
@@ -739,20 +761,21 @@ def _f(v, fmt):
 
 def format_table(rows: list[dict], baseline: str, markdown: bool) -> str:
     hdr = ["scenario", "server", "req/s", f"× {baseline}", "p50 ms", "p99 ms", "CPU µs/req",
-           f"CPU × {baseline}", "peak RSS MiB", "runs", "flags"]
+           f"CPU × {baseline}", "peak RSS MiB", "server/wrk/other CPU %", "runs", "flags"]
     body = []
     for r in rows:
         flags = f"{r['flagged']}/{r['runs']} flagged" if r["flagged"] else ""
         body.append([r["scenario"], r["server"], _f(r["rps"], ",.0f"), _f(r["rps_ratio"], ".2f"),
                      _f(r["p50_ms"], ".2f"), _f(r["p99_ms"], ".2f"), _f(r["cpu_us_per_req"], ".1f"),
                      _f(r["cpu_ratio"], ".2f"), _f(r["rss_kib"] and r["rss_kib"] / 1024, ".1f"),
+                     "/".join(_f(r[k], ".0f") for k in ("server_cpu_pct", "wrk_cpu_pct", "background_cpu_pct")),
                      f"{r['measured']}/{r['runs']}", flags])
     if markdown:
-        lines = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 9) + "|"]
+        lines = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 10) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(lines)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(hdr)]
-    fmt_row = lambda row: "  ".join(c.ljust(w) if i < 2 or i == 10 else c.rjust(w)  # noqa: E731
+    fmt_row = lambda row: "  ".join(c.ljust(w) if i < 2 or i == 11 else c.rjust(w)  # noqa: E731
                                     for i, (c, w) in enumerate(zip(row, widths)))
     out, last = [fmt_row(hdr), fmt_row(["-" * w for w in widths])], None
     for b in body:
@@ -764,7 +787,13 @@ def format_table(rows: list[dict], baseline: str, markdown: bool) -> str:
 
 
 def error_notes(rows: list[dict]) -> list[str]:
-    return [f"{r['server']} / {r['scenario']}: {'; '.join(r['errors'])}" for r in rows if r["errors"]]
+    notes = [f"{r['server']} / {r['scenario']}: {'; '.join(r['errors'])}" for r in rows if r["errors"]]
+    noisy = [r for r in rows if (r.get("background_cpu_pct") or 0) > 10]
+    if noisy:
+        worst = max(r["background_cpu_pct"] for r in noisy)
+        notes.append(f"noisy machine: other processes used more than 10% of a core during {len(noisy)} of "
+                     f"{len(rows)} server/scenario medians (up to {worst:.0f}%); treat these numbers as rough")
+    return notes
 
 
 def write_docs(ctx: Context, result: dict, rows: list[dict], baseline: str, json_path: Path) -> None:
@@ -786,7 +815,7 @@ def write_docs(ctx: Context, result: dict, rows: list[dict], baseline: str, json
 
 Machine: {f['nproc']} CPUs, {f['cpu_model']}, Linux {f['kernel']}, {f['os']}.
 Peers and tools: {vers}; {f['wrk']}; .venv-bench {f['python_bench_venv']}.
-Run: `{result['argv']}`: {args.rounds} rounds, {args.duration:g} s measured after {args.warmup:g} s warm-up,
+Run: `{result['argv']}`: {args.rounds} round(s), {args.duration:g} s measured after {args.warmup:g} s warm-up,
 {args.connections} connections, wrk 1 thread. Ratios are relative to **{baseline}**
 (req/s: higher is better; CPU/request: lower is better). Median over rounds.
 
@@ -795,10 +824,10 @@ Scenarios:
 
 {format_table(rows, baseline, markdown=True)}
 
-{("Flagged runs (errors during the run; the numbers above still include them):" + chr(10) + chr(10).join("- " + n for n in notes)) if notes else "No run reported socket errors or non-2xx responses."}
+{("Flags (runs with errors still count in the medians):" + chr(10) + chr(10).join("- " + n for n in notes)) if notes else "No run reported socket errors or non-2xx responses."}
 {("Not run:" + chr(10) + skipped) if skipped else ""}
 
-Exact server command lines (hello app; the echo runs swap the module):
+Server command lines (hello app; the echo runs swap the module; run from bench/apps):
 {cmd_lines}
 
 ![req/s and CPU per request]({png.name})
@@ -862,7 +891,9 @@ def bench(ctx: Context, servers: list[str], scenarios: list[str]) -> int:
                         if r.get("ok"):
                             log(f"[round {rnd}] {name:16} {sc:16} {r['rps']:>10,.0f} req/s  "
                                 f"p99 {_f(r.get('p99_ms'), '.2f')} ms  "
-                                f"{_f(r.get('cpu_us_per_req'), '.1f')} µs CPU/req"
+                                f"{_f(r.get('cpu_us_per_req'), '.1f')} µs CPU/req  "
+                                f"CPU% server {r['server_cpu_pct']:.0f} wrk {r['wrk_cpu_pct']:.0f} "
+                                f"other {r['background_cpu_pct']:.0f}"
                                 + (f"  FLAGGED: {'; '.join(r['errors'])}" if r["errors"] else ""))
                         else:
                             log(f"[round {rnd}] {name:16} {sc:16} FAILED: {'; '.join(r['errors'])}")
@@ -1046,6 +1077,7 @@ def main(argv=None) -> int:
     except OSError:
         pass
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGHUP, _on_term)
     tmp = Path(tempfile.mkdtemp(prefix="fulmen-bench-"))
