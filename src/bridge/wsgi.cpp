@@ -689,13 +689,21 @@ void WsgiHandler::Impl::close_result(StartResponseObject* sr) noexcept {
   if (!sr->result) return;
   Ref result = Ref::steal(sr->result);
   sr->result = nullptr;
-  // PEP 3333: close() is always called, even after an error or a disconnect.
-  Ref close = Ref::steal(PyObject_GetAttr(result.get(), S->close.get()));
-  if (!close) {
-    if (PyErr_ExceptionMatches(PyExc_AttributeError)) PyErr_Clear();
-    else outer->log_exception("Error getting close() of the WSGI response");
+  // PEP 3333: close() is always called, even after an error or a disconnect. Lists and tuples
+  // (the common case) have none; asking would build an AttributeError on every request.
+  if (PyList_CheckExact(result.get()) || PyTuple_CheckExact(result.get())) return;
+  PyObject* close_raw = nullptr;
+#if PY_VERSION_HEX >= 0x030D0000
+  int found = PyObject_GetOptionalAttr(result.get(), S->close.get(), &close_raw);
+#else
+  int found = _PyObject_LookupAttr(result.get(), S->close.get(), &close_raw);
+#endif
+  Ref close = Ref::steal(close_raw);
+  if (found < 0) {
+    outer->log_exception("Error getting close() of the WSGI response");
     return;
   }
+  if (!found) return;
   Ref r = Ref::steal(PyObject_CallNoArgs(close.get()));
   if (!r) outer->log_exception("Exception in close() of the WSGI response");
 }
