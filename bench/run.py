@@ -111,6 +111,8 @@ class Server:
 
 
 class Fulmen(Server):
+    extra: tuple[str, ...] = ()  # fixed options of this variant (e.g. a thread pool)
+
     def base(self, ctx):
         return shlex.split(ctx.args.fulmen_cmd) if ctx.args.fulmen_cmd else [str(ROOT / ".venv" / "bin" / "fulmen")]
 
@@ -122,7 +124,13 @@ class Fulmen(Server):
 
     def command(self, ctx, app, port, workdir):
         return self.base(ctx) + ["--host", HOST, "--port", str(port), "--no-access-log",
-                                 "--app-dir", str(APPS_DIR)] + shlex.split(ctx.args.fulmen_args) + [f"{app}:app"]
+                                 "--app-dir", str(APPS_DIR), *self.extra] + shlex.split(ctx.args.fulmen_args) + [f"{app}:app"]
+
+
+class FulmenThreads(Fulmen):
+    # The same engine with the app on a pool of 4 threads: what --threads costs per request,
+    # which is why the default is 1 (docs/benchmarks.md).
+    extra = ("--threads", "4")
 
 
 class BenchVenvServer(Server):
@@ -227,6 +235,7 @@ SERVERS: dict[str, Server] = {
     s.name: s
     for s in [
         Fulmen("fulmen", "Fulmen (this repo), .venv/bin/fulmen"),
+        FulmenThreads("fulmen-t4", "Fulmen with --threads 4 (app on a thread pool)"),
         GunicornSync("gunicorn-sync", "gunicorn, 1 sync worker (no keep-alive by design)"),
         GunicornGthread("gunicorn-gthread", "gunicorn, 1 gthread worker with 4 threads"),
         Granian("granian", "granian --interface wsgi, 1 worker, 1 runtime thread, 4 blocking threads"),
