@@ -22,7 +22,7 @@ thread_local PyThreadState* t_saved = nullptr;  // the state a blocking wait gav
 class GilBlockHooks final : public BlockHooks {
  public:
   void before_block() noexcept override { t_saved = PyEval_SaveThread(); }
-  void after_block() noexcept override { PyEval_RestoreThread(t_saved); }
+  void after_block() noexcept override { restore_thread(t_saved); }
 };
 
 struct State;
@@ -32,7 +32,7 @@ class InlineLoopHooks final : public net::LoopHooks {
  public:
   explicit InlineLoopHooks(State* s) : s_(s) {}
   void before_wait() noexcept override { saved_ = PyEval_SaveThread(); }
-  void after_wait() noexcept override { PyEval_RestoreThread(saved_); }
+  void after_wait() noexcept override { restore_thread(saved_); }
   void on_wakeup() noexcept override;
 
  private:
@@ -88,7 +88,7 @@ struct State {
 void InlineLoopHooks::on_wakeup() noexcept { s_->check_signals(); }
 
 void PoolLoopHooks::on_wakeup() noexcept {
-  PyEval_RestoreThread(main_state);
+  restore_thread(main_state);
   s_->check_signals();
   main_state = PyEval_SaveThread();
 }
@@ -201,6 +201,8 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   opts.multiprocess = false;
   state->handler = WsgiHandler::create(app, error_log, infos, opts);
   if (!state->handler) return -1;
+  State* raw = state.get();
+  state->handler->set_stop_callback([raw] { raw->server->stop(true); });
   state->threads = threads;
   state->server = std::make_unique<Server>(std::move(cfg), state->handler.get(), &state->logger);
   state->server->set_block_hooks(&state->block_hooks);
@@ -246,11 +248,11 @@ PyObject* server_run(PyObject* o, PyObject*) {
         PyGILState_STATE g = PyGILState_Ensure();
         PyThreadState* ts = PyEval_SaveThread();
         while (http1::Connection* c = server->pool_take()) {
-          PyEval_RestoreThread(ts);
+          restore_thread(ts);
           c->serve_lent();
           ts = PyEval_SaveThread();
         }
-        PyEval_RestoreThread(ts);
+        restore_thread(ts);
         PyGILState_Release(g);
         std::lock_guard<std::mutex> lk(exits->mu);
         --exits->left;
@@ -266,7 +268,7 @@ PyObject* server_run(PyObject* o, PyObject*) {
     for (auto& t : workers) {
       if (all_exited) t.join(); else t.detach();
     }
-    PyEval_RestoreThread(s->pool_hooks.main_state);
+    restore_thread(s->pool_hooks.main_state);
     if (!all_exited) {
       // An app thread is stuck past the graceful timeout. It still references the engine, so the
       // engine is kept alive (leaked) for the rest of the process, which is about to exit.
@@ -275,6 +277,10 @@ PyObject* server_run(PyObject* o, PyObject*) {
     }
   }
   s->running = false;
+  if (!s->pending_type) {
+    // KeyboardInterrupt / SystemExit raised inside the app stopped the server: re-raise it.
+    s->handler->take_fatal(&s->pending_type, &s->pending_value, &s->pending_tb);
+  }
   if (s->pending_type) {
     PyErr_Restore(s->pending_type, s->pending_value, s->pending_tb);
     s->pending_type = s->pending_value = s->pending_tb = nullptr;

@@ -5,6 +5,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <unistd.h>
+
 #include <utility>
 
 namespace fulmen::bridge {
@@ -63,5 +65,23 @@ class ErrorStash {
   PyObject* value_ = nullptr;
   PyObject* tb_ = nullptr;
 };
+
+inline bool py_finalizing() noexcept {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing();
+#else
+  return _Py_IsFinalizing();
+#endif
+}
+
+// Takes the GIL back. If the interpreter is shutting down, CPython would end this thread with a
+// forced unwind, which std::terminate()s on the way through our noexcept frames: park instead, as
+// CPython 3.14 itself does. The process is exiting anyway.
+inline void restore_thread(PyThreadState* ts) noexcept {
+  if (py_finalizing()) {
+    for (;;) pause();
+  }
+  PyEval_RestoreThread(ts);
+}
 
 }  // namespace fulmen::bridge

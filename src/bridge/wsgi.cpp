@@ -196,6 +196,10 @@ struct WsgiHandler::Impl {
   std::string last_addr_text;  // REMOTE_ADDR of the previous request, and its str
   Ref last_addr;
   Ref cached_sr, cached_input, cached_write;  // reused when nobody else holds them
+  std::function<void()> stop;                // set by the module: stops the server
+  PyObject* fatal_type = nullptr;            // owned: a KeyboardInterrupt/SystemExit from the app
+  PyObject* fatal_value = nullptr;
+  PyObject* fatal_tb = nullptr;
 
   StartResponseObject* take_sr(Exchange* ex) noexcept;
   InputObject* take_input(Exchange* ex) noexcept;
@@ -356,9 +360,10 @@ PyObject* filewrapper_iternext(PyObject* o) {
   if (!self->filelike) return nullptr;
   PyObject* data = PyObject_CallMethod(self->filelike, "read", "n", self->blksize);
   if (!data) return nullptr;
-  if (PyObject_Length(data) == 0) {
+  Py_ssize_t n = PyObject_Length(data);
+  if (n <= 0) {
     Py_DECREF(data);
-    return nullptr;
+    return nullptr;  // end of file (n == 0: StopIteration) or an error (n < 0: it propagates)
   }
   return data;
 }
@@ -605,8 +610,7 @@ PyObject* WsgiHandler::Impl::build_environ(Exchange& ex, PyObject* input) noexce
       key = S->CONTENT_TYPE.get();
       Py_INCREF(key);
     } else if (name.size() == 14 && base::iequals(name, "content-length")) {
-      key = S->CONTENT_LENGTH.get();
-      Py_INCREF(key);
+      continue;  // set once below from the parsed value: identical duplicates must not join
     } else {
       // "X_Foo" and "X-Foo" would both become HTTP_X_FOO: drop underscores so a client cannot
       // spoof a header a proxy in front of us set (nginx and Gunicorn do the same).
@@ -631,10 +635,14 @@ PyObject* WsgiHandler::Impl::build_environ(Exchange& ex, PyObject* input) noexce
     // Absolute-form target: its authority replaces Host (RFC 9112 section 3.2.2).
     if (!set_steal(d, S->HTTP_HOST.get(), latin1(rq.authority))) return nullptr;
   }
-  if (rq.body == http1::BodyKind::kChunked) {
-    // The body length is unknown; wsgi.input_terminated tells the app to read to EOF.
-    if (PyDict_DelItem(d, S->CONTENT_LENGTH.get()) < 0) PyErr_Clear();
+  if (rq.body == http1::BodyKind::kLength) {
+    char digits[24];
+    size_t nd = base::format_u64(rq.content_length, digits);
+    PyObject* cl = PyUnicode_New(Py_ssize_t(nd), 127);
+    if (cl) std::memcpy(PyUnicode_1BYTE_DATA(cl), digits, nd);
+    if (!set_steal(d, S->CONTENT_LENGTH.get(), cl)) return nullptr;
   }
+  // Chunked: no CONTENT_LENGTH; wsgi.input_terminated tells the app to read to EOF.
   return env.release();
 }
 
@@ -709,14 +717,18 @@ void WsgiHandler::Impl::close_result(StartResponseObject* sr) noexcept {
 }
 
 void WsgiHandler::Impl::finish_call(StartResponseObject* sr) noexcept {
-  close_result(sr);
+  // Detach first: the app's close() must not write to (or read from) a finished exchange.
   Exchange* ex = sr->ex;
   sr->ex = nullptr;
-  Py_CLEAR(sr->status);
-  Py_CLEAR(sr->headers);
+  if (ex) ex->app_state = nullptr;
   if (sr->input) reinterpret_cast<InputObject*>(sr->input)->ex = nullptr;
   Py_CLEAR(sr->input);
-  if (ex) ex->app_state = nullptr;
+  close_result(sr);
+  Py_CLEAR(sr->status);
+  Py_CLEAR(sr->headers);
+  // The cached write() still points at this start_response; let go so both can be reused.
+  if (cached_write && Py_REFCNT(cached_write.get()) == 1)
+    Py_CLEAR(reinterpret_cast<WriteObject*>(cached_write.get())->sr);
   // The objects the app kept (rare) must not touch the exchange any more.
   Py_DECREF(sr);
 }
@@ -724,7 +736,19 @@ void WsgiHandler::Impl::finish_call(StartResponseObject* sr) noexcept {
 // The app raised (pending exception). Logs it and answers with a status or a close.
 void WsgiHandler::Impl::fail(StartResponseObject* sr) noexcept {
   Exchange* ex = sr->ex;
-  outer->log_exception("Exception in WSGI application");
+  if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
+    // KeyboardInterrupt, SystemExit: not the app's error to log but a request to stop. Keep the
+    // first one for run() to re-raise; answer this request and let the server wind down.
+    if (!fatal_type) {
+      PyErr_Fetch(&fatal_type, &fatal_value, &fatal_tb);
+      PyErr_NormalizeException(&fatal_type, &fatal_value, &fatal_tb);
+    } else {
+      PyErr_Clear();
+    }
+    if (stop) stop();
+  } else {
+    outer->log_exception("Exception in WSGI application");
+  }
   if (!ex->response_started()) {
     switch (ex->body_error()) {
       case Exchange::BodyError::kMalformed:
@@ -849,7 +873,22 @@ std::unique_ptr<WsgiHandler> WsgiHandler::create(PyObject* app, PyObject* error_
   return h;
 }
 
-WsgiHandler::~WsgiHandler() = default;
+WsgiHandler::~WsgiHandler() {
+  if (impl_) {
+    Py_XDECREF(impl_->fatal_type);
+    Py_XDECREF(impl_->fatal_value);
+    Py_XDECREF(impl_->fatal_tb);
+  }
+}
+
+void WsgiHandler::set_stop_callback(std::function<void()> cb) noexcept { impl_->stop = std::move(cb); }
+
+void WsgiHandler::take_fatal(PyObject** type, PyObject** value, PyObject** tb) noexcept {
+  *type = impl_->fatal_type;
+  *value = impl_->fatal_value;
+  *tb = impl_->fatal_tb;
+  impl_->fatal_type = impl_->fatal_value = impl_->fatal_tb = nullptr;
+}
 
 void WsgiHandler::on_request(Exchange& ex) noexcept {
   Impl& im = *impl_;

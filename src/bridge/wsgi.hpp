@@ -3,6 +3,7 @@
 // owns the connection (the loop thread, or a pool thread).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,6 +40,12 @@ class WsgiHandler final : public http1::AppHandler {
   void on_request(http1::Exchange& ex) noexcept override;
   void on_resume(http1::Exchange& ex) noexcept override;
   void on_abort(http1::Exchange& ex) noexcept override;
+
+  // Called when the app raised a BaseException that is not an Exception (KeyboardInterrupt,
+  // SystemExit): the server must stop, and run() re-raises it.
+  void set_stop_callback(std::function<void()> cb) noexcept;
+  // Moves that exception out (new references), if there is one.
+  void take_fatal(PyObject** type, PyObject** value, PyObject** tb) noexcept;
 
   // Logs the pending Python exception through error_log (clears it). Never raises.
   void log_exception(const char* message) noexcept;

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -58,7 +59,40 @@ Server::Server(ServerConfig config, http1::AppHandler* app, base::Logger* logger
 
 Server::~Server() {
   for (auto& c : all_conns_)
-    if (c->is_open() && !c->is_lent()) c->close_now();
+    if (!c->is_lent() && c->is_open()) c->close_now();
+  {
+    std::lock_guard<std::mutex> g(watchdog_->mu);
+    watchdog_->done = true;  // a watchdog must never outlive the server it guards
+    watchdog_->cv.notify_all();
+  }
+  if (return_fd_ >= 0) ::close(return_fd_);
+}
+
+namespace {
+int64_t monotonic_ms() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+}  // namespace
+
+void Server::service_wakeup() noexcept {
+  loop_.drain_wake();
+  if (loop_hooks_) loop_hooks_->on_wakeup();
+}
+
+int64_t Server::stop_wait_deadline_ms() const noexcept {
+  int req = stop_request_.load(std::memory_order_acquire);
+  if (req == 0) return -1;
+  int64_t at = stop_at_ms_.load(std::memory_order_acquire);
+  return req == 2 ? at : at + config_.graceful_timeout_ms;
+}
+
+void Server::ReturnHandler::on_io(uint32_t) noexcept {
+  uint64_t v;
+  ssize_t r = ::read(server_->return_fd_, &v, sizeof v);
+  (void)r;
+  server_->drain_returned();
 }
 
 ServerStats Server::stats() const noexcept {
@@ -73,8 +107,9 @@ void Server::stop(bool graceful) noexcept {
   int cur = stop_request_.load();
   while (cur < want && !stop_request_.compare_exchange_weak(cur, want)) {
   }
+  int64_t unset = -1;
+  stop_at_ms_.compare_exchange_strong(unset, monotonic_ms());
   loop_.wake();
-  if (config_.exit_watchdog) start_watchdog(graceful ? config_.graceful_timeout_ms + 2000 : 2000);
 }
 
 // Runs on any thread (even inside a signal handler's Python code): everything it touches is
@@ -115,6 +150,7 @@ void Server::start_watchdog(int64_t ms) noexcept {
 }
 
 int Server::run(net::LoopHooks* loop_hooks) noexcept {
+  loop_hooks_ = loop_hooks;
   int err = start_listening();
   if (err) {
     finish_run();  // app threads waiting in pool_take() must be released even now
@@ -122,17 +158,19 @@ int Server::run(net::LoopHooks* loop_hooks) noexcept {
   }
   for (;;) {
     loop_.poll_once(next_timeout_ms(), loop_hooks);
-    if (config_.threads > 1) drain_returned();
     expire_timers();
     int req = stop_request_.load();
     if (req && !stopping_) begin_shutdown();
+    if (req && config_.exit_watchdog) {
+      start_watchdog(req == 2 ? 2000 : config_.graceful_timeout_ms + 2000);
+    }
     if (stopping_) {
       auto now = loop_.clock().now_ms();
       if (req == 2 || now >= shutdown_deadline_ms_) {
         // Out of time (or an immediate stop): close everything still open.
         for (auto& c : all_conns_) {
-          if (!c->is_open()) continue;
-          if (c->is_lent()) c->force_shutdown(); else c->close_now();
+          if (c->is_lent()) c->force_shutdown();  // its thread owns it: only make its I/O fail
+          else if (c->is_open()) c->close_now();
         }
         if (lent_ == 0) break;
         if (now >= shutdown_deadline_ms_ + 200) break;  // a stuck app thread: give up on it
@@ -153,6 +191,11 @@ int Server::run(net::LoopHooks* loop_hooks) noexcept {
 
 int Server::start_listening() noexcept {
   if (!loop_.ok()) return errno ? errno : EMFILE;
+  if (config_.threads > 1 && return_fd_ < 0) {
+    return_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (return_fd_ < 0) return errno;
+    if (int err = loop_.add(return_fd_, &return_handler_, EPOLLIN)) return err;
+  }
   for (auto& l : listeners_) {
     int fd = l->cfg_.fd;
     int flags = fcntl(fd, F_GETFL);
@@ -190,7 +233,7 @@ void Server::begin_shutdown() noexcept {
   accept_paused_until_ms_ = 0;
   for (size_t i = 0; i < all_conns_.size(); ++i) {
     http1::Connection* c = all_conns_[i].get();
-    if (c->is_open() && !c->is_lent()) c->stop_if_idle();
+    if (!c->is_lent() && c->is_open()) c->stop_if_idle();
   }
 }
 
@@ -278,18 +321,24 @@ void Server::access_log(std::string_view line) noexcept {
 
 void Server::flush_access_log() noexcept {
   if (config_.access_log_fd < 0) return;
-  std::unique_lock<std::mutex> g(pool_mu_, std::defer_lock);
-  if (config_.threads > 1) g.lock();
-  while (!access_buf_.empty()) {
-    ssize_t n = ::write(config_.access_log_fd, access_buf_.begin_ptr(), access_buf_.size());
+  base::Buffer* out = &access_buf_;
+  if (config_.threads > 1) {
+    // Take the lines under the lock, write them without it: app threads never wait on stdout.
+    std::lock_guard<std::mutex> g(pool_mu_);
+    if (access_buf_.empty()) return;
+    access_buf_.swap(access_out_);
+    out = &access_out_;
+  }
+  while (!out->empty()) {
+    ssize_t n = ::write(config_.access_log_fd, out->begin_ptr(), out->size());
     if (n > 0) {
-      access_buf_.consume(size_t(n));
+      out->consume(size_t(n));
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
-    access_buf_.clear();  // a log we cannot write must not stall serving
-    break;
+    break;  // a log we cannot write must not stall serving
   }
+  out->clear();
 }
 
 // ---- pool mode ---------------------------------------------------------------------------------
@@ -317,11 +366,17 @@ http1::Connection* Server::pool_take() noexcept {
 }
 
 void Server::return_from_pool(http1::Connection* c) noexcept {
+  bool first;
   {
     std::lock_guard<std::mutex> g(pool_mu_);
+    first = returned_.empty();
     returned_.push_back(c);
   }
-  loop_.wake();
+  if (first) {
+    uint64_t one = 1;
+    ssize_t r = ::write(return_fd_, &one, sizeof one);
+    (void)r;
+  }
 }
 
 void Server::drain_returned() noexcept {

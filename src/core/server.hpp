@@ -93,6 +93,12 @@ class Server {
   net::TimerList& io_timers() noexcept { return io_timers_; }
   net::TimerList& linger_timers() noexcept { return linger_timers_; }
   bool stopping() const noexcept { return stopping_.load(std::memory_order_relaxed); }
+  // Inline mode, from a blocking wait on the loop thread: runs the embedder's wake-up hook (signal
+  // handlers), which may request a stop.
+  void service_wakeup() noexcept;
+  // While a stop is requested: the time (monotonic ms) by which blocking waits must give up;
+  // -1 when no stop is requested.
+  int64_t stop_wait_deadline_ms() const noexcept;
   static constexpr size_t kBodySlack = 4096;
   void count_request() noexcept { ++stats_.requests_total; }
   void access_log(std::string_view line) noexcept;
@@ -135,6 +141,7 @@ class Server {
   base::BufferPool in_pool_;
   base::BufferPool out_pool_;
   base::Buffer access_buf_;
+  base::Buffer access_out_;  // swapped with access_buf_ under the lock, written outside it
   net::TimerList keep_alive_timers_;
   net::TimerList header_timers_;
   net::TimerList io_timers_;
@@ -143,6 +150,17 @@ class Server {
   std::vector<http1::Connection*> free_conns_;                   // closed ones, ready for reuse
   ServerStats stats_;
   std::atomic<int> stop_request_{0};  // 0 none, 1 graceful, 2 immediate
+  std::atomic<int64_t> stop_at_ms_{-1};  // CLOCK_MONOTONIC ms of the first stop request
+  net::LoopHooks* loop_hooks_ = nullptr;  // during run()
+  class ReturnHandler : public net::IoHandler {
+   public:
+    explicit ReturnHandler(Server* s) : server_(s) {}
+    void on_io(uint32_t) noexcept override;
+    Server* server_;
+  };
+  ReturnHandler return_handler_{this};
+  int return_fd_ = -1;  // eventfd: pool threads hand connections back without touching the
+                        // signal wake pipe (which would make the loop take the GIL)
   struct Watchdog;
   std::shared_ptr<Watchdog> watchdog_;  // shared with its thread, which may outlive us
   std::atomic<bool> stopping_{false};  // read by pool threads too

@@ -997,9 +997,28 @@ TEST(Server, LargeContentLengthBody) {
   EXPECT_EQ(next.body, "hello");
 }
 
-TEST(Server, MalformedChunkedBodyIsABodyErrorAndCloses) {
+// Inline mode reads a chunked body that fits in the buffer before calling the app, so a malformed
+// one is refused by the engine like a malformed head, and the app never runs.
+TEST(Server, MalformedSmallChunkedBodyIsRejectedBeforeTheApp) {
   TestApp app;
   Running srv(test_config(), app);
+  Client c(srv.port());
+  ASSERT_TRUE(c.send("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     "zz\r\nhello\r\n0\r\n\r\n"));
+  Response r = c.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.body, "Bad Request: invalid chunk size\n");
+  EXPECT_TRUE(c.wait_closed(2000));
+}
+
+// In pool mode (and for bodies larger than the buffer) the app streams the body itself and sees
+// the error as a body error.
+TEST(ServerPool, MalformedChunkedBodyIsABodyErrorAndCloses) {
+  ServerConfig cfg = test_config();
+  cfg.threads = 2;
+  TestApp app;
+  Running srv(cfg, app);
   Client c(srv.port());
   ASSERT_TRUE(c.send("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
                      "zz\r\nhello\r\n0\r\n\r\n"));

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <new>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace fulmen::base {
@@ -22,6 +23,12 @@ class Buffer {
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   ~Buffer() { std::free(data_); }
+  void swap(Buffer& o) noexcept {
+    std::swap(data_, o.data_);
+    std::swap(capacity_, o.capacity_);
+    std::swap(start_, o.start_);
+    std::swap(end_, o.end_);
+  }
 
   char* data() noexcept { return data_; }
   const char* data() const noexcept { return data_; }

@@ -25,8 +25,14 @@ namespace {
 // Bodies at least this large are written straight from the app's memory (writev together with
 // whatever is queued) instead of being copied into the output buffer first.
 constexpr size_t kDirectWrite = 16 * 1024;
+// Header slots a connection starts with; it grows to --limit-request-fields only if a request
+// has more.
+constexpr size_t kInitialHeaders = 64;
 // How much of an unread request body we are willing to read and drop to keep a connection alive.
 constexpr uint64_t kMaxDiscard = 1024 * 1024;
+// Inline mode: bytes per millisecond a client must keep up while the app waits for its body
+// (64 KB/s), beyond the one body timeout every request gets.
+constexpr uint64_t kMinBodyRate = 64;
 
 constexpr std::string_view kCRLF = "\r\n";
 
@@ -35,8 +41,8 @@ bool bad_value_byte(unsigned char c) noexcept { return c == '\r' || c == '\n' ||
 }  // namespace
 
 Connection::Connection(Server* server)
-    : server_(server), chunked_(server->config().limits) {
-  headers_.resize(std::max<size_t>(server->config().limits.max_fields, 1));
+    : server_(server), chunked_(server->config().limits), probe_(server->config().limits) {
+  headers_.resize(std::clamp<size_t>(server->config().limits.max_fields, 1, kInitialHeaders));
   timer.owner = this;
 }
 
@@ -170,6 +176,10 @@ void Connection::drive() noexcept {
 
 void Connection::arm_timer_for_state() noexcept {
   auto now = server_->loop().clock().now_ms();
+  struct ResetProgress {
+    bool& p;
+    ~ResetProgress() { p = false; }
+  } reset{progress_};
   switch (state_) {
     case State::kReadHead:
       if (in_ && in_->end() > 0) {
@@ -184,8 +194,10 @@ void Connection::arm_timer_for_state() noexcept {
     case State::kInApp:
     case State::kDiscardBody:
     case State::kClosing:
-      // Re-armed on every event, so it measures a stall, not the length of a slow download.
-      server_->io_timers().arm(timer, now);
+      // Re-armed only on progress in the direction we wait for (bytes written, or body bytes
+      // read), so it measures a stall, not the length of a slow transfer, and bytes a client
+      // sends while ignoring our output do not keep it alive.
+      if (progress_ || timer.list != &server_->io_timers()) server_->io_timers().arm(timer, now);
       break;
     case State::kLingering:
       if (timer.list != &server_->linger_timers()) server_->linger_timers().arm(timer, now);
@@ -272,6 +284,11 @@ Connection::ReadResult Connection::read_some() noexcept {
 
 Connection::Step Connection::step_read_head() noexcept {
   for (;;) {
+    // Pipelined requests whose responses the client does not read must not pile up: above the
+    // watermark, stop parsing until the output drains (EPOLLOUT brings us back here).
+    if (out_ && out_->size() > server_->config().output_high_watermark && !flush()) {
+      return failed_ ? Step::kContinue : Step::kWait;
+    }
     if (in_ && in_->end() > 0) {
       ParseError err = ParseError::kNone;
       req_.headers = headers_.data();
@@ -280,6 +297,14 @@ Connection::Step Connection::step_read_head() noexcept {
       // leaves room to read its body, and one that exceeds it is refused before the buffer fills.
       ptrdiff_t r = parse_request_head(in_->data(), in_->end(), server_->config().limits, req_,
                                        &err, &scan_from_, server_->config().buffer_size);
+      if (r == kError && err == ParseError::kTooManyHeaders &&
+          headers_.size() < server_->config().limits.max_fields) {
+        // Header storage starts small and grows to the configured limit only when a request
+        // needs it, so a large --limit-request-fields does not cost memory per connection.
+        headers_.resize(server_->config().limits.max_fields);
+        scan_from_ = 0;
+        continue;
+      }
       if (r > 0) {
         head_len_ = size_t(r);
         if (wants_body_first()) {
@@ -293,11 +318,11 @@ Connection::Step Connection::step_read_head() noexcept {
         return Step::kContinue;
       }
     }
-    if (server_->stopping() && (!in_ || in_->end() == 0) && !out_pending()) {
-      close_now();
-      return Step::kWait;
-    }
     if (!readable_) {
+      if (server_->stopping() && (!in_ || in_->end() == 0) && !out_pending()) {
+        close_now();  // stopping, and nothing was asked that we have not answered
+        return Step::kWait;
+      }
       if (in_ && in_->end() == 0 && !out_pending()) release_buffers();
       if (peer_eof_ && (!in_ || in_->end() == 0)) {
         // The client half-closed and every request it sent is answered: done.
@@ -332,31 +357,52 @@ Connection::Step Connection::step_read_head() noexcept {
 
 // Inline mode runs the app on the loop thread, where a read that waits for a slow client would
 // stall every other connection. So a body that fits in the input buffer is read completely by the
-// loop (non-blocking) before the app is called. Not for 100-continue (the client waits for us)
-// nor chunked bodies (their size is unknown); larger bodies are streamed to the app as usual.
-bool Connection::wants_body_first() const noexcept {
-  if (server_->config().threads > 1 || req_.body != BodyKind::kLength || req_.expect_continue)
-    return false;
+// loop (non-blocking) before the app is called: a Content-Length body by its length, a chunked
+// one until a probe decoder sees its end. Not for 100-continue (the client waits for our go-ahead);
+// bodies larger than the buffer are streamed to the app as usual.
+bool Connection::wants_body_first() noexcept {
+  if (server_->config().threads > 1 || req_.expect_continue) return false;
+  if (req_.body == BodyKind::kChunked) {
+    probe_.reset();
+    probe_pos_ = head_len_;
+    return true;
+  }
+  if (req_.body != BodyKind::kLength) return false;
   uint64_t need = uint64_t(head_len_) + req_.content_length;
   return need <= in_->capacity() && in_->end() < need;
 }
 
 Connection::Step Connection::step_read_body() noexcept {
-  uint64_t need = uint64_t(head_len_) + req_.content_length;
-  while (in_->end() < need) {
-    if (!readable_) {
-      if (peer_eof_) {
-        close_now();  // the client half-closed before sending the whole body
-        return Step::kWait;
+  for (;;) {
+    if (req_.body == BodyKind::kChunked) {
+      while (probe_pos_ < in_->end()) {
+        auto r = probe_.feed(in_->data() + probe_pos_, in_->end() - probe_pos_);
+        probe_pos_ += r.consumed;
+        if (r.error != ParseError::kNone) {
+          reject(r.error);  // the body is malformed (or too large): answer now, as for a head
+          return Step::kContinue;
+        }
+        if (r.done) return begin_exchange(head_len_) ? Step::kHandedOff : Step::kContinue;
+        if (r.consumed == 0) break;
       }
+      // Out of room before the end: the app streams the rest while it runs.
+      if (in_->space() == 0) return begin_exchange(head_len_) ? Step::kHandedOff : Step::kContinue;
+    } else if (in_->end() >= uint64_t(head_len_) + req_.content_length) {
+      return begin_exchange(head_len_) ? Step::kHandedOff : Step::kContinue;
+    }
+    if (!readable_) {
+      if (peer_eof_) close_now();  // the client half-closed before sending the whole body
       return Step::kWait;
     }
     ReadResult rr = read_some();
-    if (rr == ReadResult::kGot || rr == ReadResult::kAgain) continue;
+    if (rr == ReadResult::kGot) {
+      progress_ = true;
+      continue;
+    }
+    if (rr == ReadResult::kAgain) continue;
     close_now();  // EOF or error before the body was complete: nobody to answer
     return Step::kWait;
   }
-  return begin_exchange(head_len_) ? Step::kHandedOff : Step::kContinue;
 }
 
 // Returns true if the exchange went to a pool thread (the caller must not touch us any more).
@@ -381,6 +427,8 @@ bool Connection::begin_exchange(size_t head_len) noexcept {
       break;
   }
   continue_pending_ = req_.expect_continue && !body_done_;
+  body_received_ = 0;
+  body_wait_ms_ = 0;
   started_ = finished_ = false;
   chunked_out_ = no_body_ = file_crlf_ = false;
   status_ = 0;
@@ -558,11 +606,24 @@ Exchange::BodyStatus Connection::body_peek(std::string_view* out, bool block) no
       body_error_ = BodyError::kDisconnected;
       return BodyStatus::kError;
     }
+    size_t before = in_ ? in_->end() : 0;
     ReadResult rr = read_some();
-    if (rr == ReadResult::kGot) continue;
+    if (rr == ReadResult::kGot) {
+      body_received_ += in_->end() - before;
+      progress_ = true;
+      continue;
+    }
     if (rr == ReadResult::kAgain) {
       if (!block) return BodyStatus::kWouldBlock;
-      if (!wait_fd(POLLIN, server_->config().body_timeout_ms)) {
+      int64_t timeout = server_->config().body_timeout_ms;
+      if (server_->config().threads == 1) {
+        // On the loop thread every other connection waits with us, so a client gets the body
+        // timeout once plus time in proportion to what it sent (kMinBodyRate): a trickle of a
+        // byte per second cannot hold the worker for long.
+        int64_t budget = timeout + int64_t(body_received_ / kMinBodyRate) - body_wait_ms_;
+        timeout = std::min(timeout, budget);
+      }
+      if (timeout <= 0 || !wait_fd(POLLIN, timeout)) {
         body_error_ = BodyError::kTimeout;
         return BodyStatus::kError;
       }
@@ -587,16 +648,43 @@ bool Connection::send_continue() noexcept {
   return flush_blocking();
 }
 
+namespace {
+int64_t mono_ms() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+}  // namespace
+
+// Blocks the calling thread until the socket is ready, the time is up, or (inline mode, where this
+// is the loop thread) a stop request says so. In inline mode the wake pipe is watched too, so
+// signal handlers run during a long wait and a stop is honoured.
 bool Connection::wait_fd(short events, int64_t timeout_ms) noexcept {
-  pollfd p{fd_, events, 0};
+  const bool on_loop = server_->config().threads == 1;
+  const int64_t start = mono_ms();
+  int64_t deadline = start + timeout_ms;
   BlockHooks* hooks = server_->block_hooks();
-  hooks->before_block();
-  int r;
-  do {
-    r = ::poll(&p, 1, int(timeout_ms));
-  } while (r < 0 && errno == EINTR);
-  hooks->after_block();
-  return r > 0;
+  bool ready = false;
+  for (;;) {
+    if (on_loop) {
+      int64_t stop_by = server_->stop_wait_deadline_ms();
+      if (stop_by >= 0) deadline = std::min(deadline, stop_by);
+    }
+    int64_t left = deadline - mono_ms();
+    if (left <= 0) break;
+    pollfd p[2] = {{fd_, events, 0}, {server_->loop().wake_read_fd(), POLLIN, 0}};
+    hooks->before_block();
+    int r = ::poll(p, on_loop ? 2 : 1, int(left));
+    hooks->after_block();
+    if (r < 0 && errno != EINTR) break;
+    if (r > 0 && p[0].revents) {
+      ready = true;
+      break;
+    }
+    if (on_loop) server_->service_wakeup();  // runs signal handlers; may request a stop
+  }
+  if (on_loop) body_wait_ms_ += mono_ms() - start;
+  return ready;
 }
 
 // ---- responses --------------------------------------------------------------------------------
@@ -604,7 +692,8 @@ bool Connection::wait_fd(short events, int64_t timeout_ms) noexcept {
 Exchange::StartError Connection::start_response(int status, std::string_view reason,
                                                 const Header* headers, size_t n) noexcept {
   if (started_) return StartError::kAlreadyStarted;
-  if (status < 100 || status > 999) return StartError::kBadStatus;
+  // WSGI has no interim responses: a 1xx would be taken for the final one.
+  if (status < 200 || status > 999) return StartError::kBadStatus;
   for (char c : reason)
     if (bad_value_byte(static_cast<unsigned char>(c))) return StartError::kBadStatus;
   bool has_server = false, has_date = false;
@@ -809,6 +898,7 @@ bool Connection::flush() noexcept {
     ssize_t n = ::write(fd_, out_->begin_ptr(), out_->size());
     if (n > 0) {
       out_->consume(size_t(n));
+      progress_ = true;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -822,6 +912,7 @@ bool Connection::flush() noexcept {
     if (n > 0) {
       file_off_ = off;
       file_left_ -= n;
+      progress_ = true;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;

@@ -80,7 +80,7 @@ class Connection final : public net::IoHandler, public Exchange {
   void drive() noexcept;
   Step step_read_head() noexcept;
   Step step_read_body() noexcept;
-  bool wants_body_first() const noexcept;
+  bool wants_body_first() noexcept;
   bool step_discard() noexcept;
   bool begin_exchange(size_t head_len) noexcept;
   void after_response() noexcept;
@@ -125,13 +125,18 @@ class Connection final : public net::IoHandler, public Exchange {
 
   // Request body state.
   ChunkedDecoder chunked_;
+  ChunkedDecoder probe_;        // inline mode: finds the end of a chunked body before dispatch
+  size_t probe_pos_ = 0;
   size_t body_pos_ = 0;         // offset in in_ of bytes not yet decoded
   size_t cur_off_ = 0;          // decoded body bytes awaiting consumption: [cur_off_, +cur_len_)
   size_t cur_len_ = 0;
   uint64_t body_left_ = 0;      // Content-Length bodies: bytes still to come
   bool body_done_ = true;
   uint64_t discard_left_ = 0;   // kDiscardBody: bytes we still accept to drop
-  bool continue_pending_ = false;  // "Expect: 100-continue" and no 100 sent yet
+  bool continue_pending_ = false;
+  bool progress_ = false;       // bytes moved in the awaited direction since the timer was armed
+  uint64_t body_received_ = 0;  // body bytes read from the socket for this request
+  int64_t body_wait_ms_ = 0;    // inline mode: time the loop spent blocked on this body  // "Expect: 100-continue" and no 100 sent yet
   BodyError body_error_ = BodyError::kNone;
 
   // Response state.

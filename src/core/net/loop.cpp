@@ -61,10 +61,15 @@ void Loop::wake() noexcept {
   (void)r;
 }
 
-void Loop::WakeHandler::on_io(uint32_t) noexcept {
+bool Loop::drain_wake() noexcept {
   char buf[256];
-  while (read(loop_->wake_r_, buf, sizeof buf) > 0) {
-  }
+  bool any = false;
+  while (read(wake_r_, buf, sizeof buf) > 0) any = true;
+  return any;
+}
+
+void Loop::WakeHandler::on_io(uint32_t) noexcept {
+  loop_->drain_wake();
   loop_->woken_.store(true, std::memory_order_release);
 }
 

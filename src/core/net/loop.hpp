@@ -45,6 +45,9 @@ class Loop {
   void wake() noexcept;
   // The write end of the wake pipe, for signal.set_wakeup_fd(). Non-blocking.
   int wake_write_fd() const noexcept { return wake_w_; }
+  int wake_read_fd() const noexcept { return wake_r_; }
+  // Empties the wake pipe (for a blocking wait that watched it itself). True if it held anything.
+  bool drain_wake() noexcept;
   // True once after the wake pipe fired (and was drained).
   bool take_woken() noexcept { return woken_.exchange(false, std::memory_order_acq_rel); }
 
