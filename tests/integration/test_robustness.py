@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import signal
 import socket
-import threading
+import struct
+import termios
 import time
 
-from rawhttp import Reader, connect, exchange, request_bytes, rss_kib
+from rawhttp import Reader, connect, exchange, request_bytes, rss_kib, wait_until
 
 
 def get(target: str) -> bytes:
     return request_bytes("GET", target, [])
 
 
-def test_requests_already_sent_are_served_during_graceful_stop(server):
+def unacked_bytes(sock: socket.socket) -> int:
+    """Bytes we sent that the peer's kernel has not acknowledged yet (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def test_requests_already_sent_are_served_during_graceful_stop(server, tmp_path):
     """Clients that connected and sent while the loop was busy are answered, not reset."""
     srv = server("robust:app")
+    state = tmp_path / "in-app"
     slow = connect(srv.port, timeout=20)
-    slow.sendall(get("/sleep?1"))
-    time.sleep(0.2)  # let the loop thread enter the app (it sleeps there for 1 s)
+    slow.sendall(get(f"/sleep?s=1&state={state}"))
+    assert wait_until(state.exists)  # the loop thread is inside the app for the next second
     waiting = []
     for _ in range(3):
         s = connect(srv.port, timeout=20)
@@ -64,7 +72,7 @@ def test_slow_chunked_upload_does_not_block_other_clients(server):
     srv = server("robust:app")
     slow = connect(srv.port, timeout=10)
     slow.sendall(request_bytes("POST", "/", [("Transfer-Encoding", "chunked")]) + b"5\r\nhel")
-    time.sleep(0.1)
+    assert wait_until(lambda: unacked_bytes(slow) == 0)  # the server has the partial body
     start = time.monotonic()
     assert exchange(srv.port, get("/")).status == 200
     assert time.monotonic() - start < 1.0
@@ -104,13 +112,14 @@ def test_interim_status_from_a_wsgi_app_is_an_error(server):
     assert exchange(srv.port, get("/")).status == 200
 
 
-def test_stop_during_a_blocked_body_read_is_honoured(server):
+def test_stop_during_a_blocked_body_read_is_honoured(server, tmp_path):
     """--threads 1: the app is blocked reading a body the client never finishes (too large to be
     read before the app runs); SIGTERM must still stop the server within the graceful timeout."""
     srv = server("robust:app", "--graceful-timeout", "1")
+    state = tmp_path / "in-app"
     slow = connect(srv.port, timeout=20)
-    slow.sendall(request_bytes("POST", "/", [("Content-Length", str(1 << 20))]) + b"x" * 100_000)
-    time.sleep(0.3)  # the app is now waiting in wsgi.input.read()
+    slow.sendall(request_bytes("POST", f"/?state={state}", [("Content-Length", str(1 << 20))]) + b"x" * 100_000)
+    assert wait_until(state.exists)  # the app runs, and is about to wait in wsgi.input.read()
     start = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
     srv.proc.wait(15)

@@ -2,12 +2,17 @@
 
 import json
 import time
+from pathlib import Path
+from urllib.parse import parse_qs
 
 
 def app(environ, start_response):
     path = environ["PATH_INFO"]
+    q = {k: v[0] for k, v in parse_qs(environ["QUERY_STRING"]).items()}
+    if "state" in q:
+        Path(q["state"]).touch()  # tells the test the app is running (no sleeping to find out)
     if path == "/sleep":
-        time.sleep(float(environ["QUERY_STRING"] or "1"))
+        time.sleep(float(q.get("s", "1")))
     elif path == "/keyboard-interrupt":
         raise KeyboardInterrupt
     elif path == "/early-hints":
