@@ -112,25 +112,12 @@ void Connection::drive() noexcept {
       case State::kLent:
         return;
       case State::kReadHead:
-        switch (step_read_head()) {
-          case Step::kContinue:
-            continue;
-          case Step::kWait:
-            break;
-          case Step::kHandedOff:
-            return;  // a pool thread owns the connection now: touch nothing, not even state_
-        }
+      case State::kReadBody: {
+        Step st = state_ == State::kReadHead ? step_read_head() : step_read_body();
+        if (st == Step::kContinue) continue;
+        if (st == Step::kHandedOff) return;  // a pool thread owns us now: touch nothing, not even state_
         break;
-      case State::kReadBody:
-        switch (step_read_body()) {
-          case Step::kContinue:
-            continue;
-          case Step::kWait:
-            break;
-          case Step::kHandedOff:
-            return;
-        }
-        break;
+      }
       case State::kInApp:
         // Inline mode, paused on output: resume the producer once everything queued went out.
         if (paused_) {
