@@ -150,43 +150,68 @@ void Server::start_watchdog(int64_t ms) noexcept {
 }
 
 int Server::run(net::LoopHooks* loop_hooks) noexcept {
+  int err = start(loop_hooks);
+  if (err) return err;
+  while (step(next_timeout_ms())) {
+  }
+  return 0;
+}
+
+int Server::start(net::LoopHooks* loop_hooks) noexcept {
   loop_hooks_ = loop_hooks;
   int err = start_listening();
-  if (err) {
-    finish_run();  // app threads waiting in pool_take() must be released even now
-    return err;
+  if (err) finish_run();  // app threads waiting in pool_take() must be released even now
+  return err;
+}
+
+bool Server::step(int timeout_ms) noexcept {
+  if (finished_) return false;
+  loop_.poll_once(timeout_ms, loop_hooks_);
+  run_deferred();
+  expire_timers();
+  int req = stop_request_.load();
+  if (req && !stopping_) begin_shutdown();
+  if (req && config_.exit_watchdog) {
+    start_watchdog(req == 2 ? 2000 : config_.graceful_timeout_ms + 2000);
   }
-  for (;;) {
-    loop_.poll_once(next_timeout_ms(), loop_hooks);
-    expire_timers();
-    int req = stop_request_.load();
-    if (req && !stopping_) begin_shutdown();
-    if (req && config_.exit_watchdog) {
-      start_watchdog(req == 2 ? 2000 : config_.graceful_timeout_ms + 2000);
-    }
-    if (stopping_) {
-      auto now = loop_.clock().now_ms();
-      if (req == 2 || now >= shutdown_deadline_ms_) {
-        // Out of time (or an immediate stop): close everything still open.
-        for (auto& c : all_conns_) {
-          if (c->is_lent()) c->force_shutdown();  // its thread owns it: only make its I/O fail
-          else if (c->is_open()) c->close_now();
-        }
-        if (lent_ == 0) break;
-        if (now >= shutdown_deadline_ms_ + 200) break;  // a stuck app thread: give up on it
-      } else if (stats_.connections_open == 0 && lent_ == 0) {
-        break;
+  bool done = false;
+  if (stopping_) {
+    auto now = loop_.clock().now_ms();
+    if (req == 2 || now >= shutdown_deadline_ms_) {
+      // Out of time (or an immediate stop): close everything still open.
+      for (auto& c : all_conns_) {
+        if (c->is_lent()) c->force_shutdown();  // its thread owns it: only make its I/O fail
+        else if (c->is_open()) c->close_now();
       }
-    } else if (accept_paused_until_ms_ && loop_.clock().now_ms() >= accept_paused_until_ms_) {
-      accept_paused_until_ms_ = 0;
-      for (auto& l : listeners_)
-        if (!l->active && loop_.add(l->cfg_.fd, l.get(), EPOLLIN) == 0) l->active = true;
+      done = lent_ == 0 || now >= shutdown_deadline_ms_ + 200;  // a stuck app thread: give up
+    } else {
+      done = stats_.connections_open == 0 && lent_ == 0;
     }
-    flush_access_log();
+  } else if (accept_paused_until_ms_ && loop_.clock().now_ms() >= accept_paused_until_ms_) {
+    accept_paused_until_ms_ = 0;
+    for (auto& l : listeners_)
+      if (!l->active && loop_.add(l->cfg_.fd, l.get(), EPOLLIN) == 0) l->active = true;
   }
   flush_access_log();
-  finish_run();
-  return 0;
+  if (done) {
+    finished_ = true;
+    finish_run();
+  }
+  return !done;
+}
+
+void Server::defer(http1::Connection* c) noexcept {
+  bool first = deferred_.empty();
+  deferred_.push_back(c);
+  if (first && loop_hooks_) loop_hooks_->on_deferred();
+}
+
+void Server::run_deferred() noexcept {
+  // A connection may defer itself again while we run it; those wait for the next step.
+  if (deferred_.empty()) return;
+  deferred_running_.swap(deferred_);
+  for (http1::Connection* c : deferred_running_) c->run_deferred();
+  deferred_running_.clear();
 }
 
 int Server::start_listening() noexcept {
@@ -238,6 +263,7 @@ void Server::begin_shutdown() noexcept {
 }
 
 int Server::next_timeout_ms() const noexcept {
+  if (!deferred_.empty()) return 0;
   int64_t next = std::min({keep_alive_timers_.next_deadline(), header_timers_.next_deadline(),
                            io_timers_.next_deadline(), linger_timers_.next_deadline()});
   if (stopping_) next = std::min(next, shutdown_deadline_ms_);

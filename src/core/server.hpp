@@ -74,6 +74,16 @@ class Server {
 
   // Serves until stop(); returns 0, or an errno if the server could not start.
   int run(net::LoopHooks* loop_hooks) noexcept;
+  // The same, one step at a time, for an embedder that owns the waiting (an asyncio loop watching
+  // epoll_fd()): start() once, then step(0) whenever epoll_fd() is readable or next_timeout_ms()
+  // has passed, until step() returns false.
+  int start(net::LoopHooks* loop_hooks) noexcept;
+  bool step(int timeout_ms) noexcept;
+  int epoll_fd() const noexcept { return loop_.epoll_fd(); }
+  int next_timeout_ms() const noexcept;
+  // A connection the app touched outside the loop's own processing (an async app's send()) asks
+  // to be driven on the next step; the first one of a batch calls LoopHooks::on_deferred().
+  void defer(http1::Connection* c) noexcept;
   // Thread- and signal-safe.
   void stop(bool graceful) noexcept;
 
@@ -123,7 +133,7 @@ class Server {
   void accept_from(Listener& l, bool drain) noexcept;
   void begin_shutdown() noexcept;
   void expire_timers() noexcept;
-  int next_timeout_ms() const noexcept;
+  void run_deferred() noexcept;
   void flush_access_log() noexcept;
   void drain_returned() noexcept;
   void pause_accepting(int64_t ms) noexcept;
@@ -165,6 +175,9 @@ class Server {
   std::shared_ptr<Watchdog> watchdog_;  // shared with its thread, which may outlive us
   std::atomic<bool> stopping_{false};  // read by pool threads too
   int64_t shutdown_deadline_ms_ = 0;
+  bool finished_ = false;  // step() returned false
+  std::vector<http1::Connection*> deferred_;          // loop thread only
+  std::vector<http1::Connection*> deferred_running_;  // swapped with deferred_: keeps capacity
   int64_t accept_paused_until_ms_ = 0;
 
   // Pool mode only (threads > 1): connections lent to app threads and returned by them.

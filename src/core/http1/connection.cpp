@@ -102,6 +102,12 @@ void Connection::on_io(uint32_t events) noexcept {
 }
 
 void Connection::drive() noexcept {
+  struct InDrive {
+    bool& flag;
+    bool saved;
+    explicit InDrive(bool& f) : flag(f), saved(f) { f = true; }
+    ~InDrive() { flag = saved; }
+  } in_drive{in_drive_};
   for (;;) {
     if (failed_) {
       close_now();
@@ -119,12 +125,30 @@ void Connection::drive() noexcept {
         break;
       }
       case State::kInApp:
-        // Inline mode, paused on output: resume the producer once everything queued went out.
+        // Paused on output: resume the producer once everything queued went out.
         if (paused_) {
           if (!flush()) break;
           paused_ = false;
           server_->app()->on_resume(*this);
           continue;
+        }
+        if (detached_) {
+          if (want_body_) {
+            std::string_view data;
+            if (body_peek(&data, false) != BodyStatus::kWouldBlock) {
+              want_body_ = false;
+              server_->app()->on_body_ready(*this);
+              continue;
+            }
+          }
+          if (peer_eof_ && !disconnect_told_ && state_ == State::kInApp) {
+            // Everything the client sent before its FIN was read above; now it is gone.
+            if (!readable_ || !want_body_) {
+              disconnect_told_ = true;
+              server_->app()->on_disconnect(*this);
+              continue;
+            }
+          }
         }
         break;
       case State::kDiscardBody:
@@ -177,8 +201,15 @@ void Connection::arm_timer_for_state() noexcept {
         server_->keep_alive_timers().arm(timer, now);
       }
       break;
-    case State::kReadBody:
     case State::kInApp:
+      // An app that is thinking has no timeout here (as under Uvicorn); one waiting for the
+      // client, to read its output or to send its body, does.
+      if (!paused_ && !want_body_) {
+        net::TimerList::disarm(timer);
+        break;
+      }
+      [[fallthrough]];
+    case State::kReadBody:
     case State::kDiscardBody:
     case State::kClosing:
       // Re-armed only on progress in the direction we wait for (bytes written, or body bytes
@@ -212,8 +243,10 @@ void Connection::stop_if_idle() noexcept {
 
 void Connection::close_now() noexcept {
   if (state_ == State::kClosed) return;
-  if (state_ == State::kInApp && paused_) {
+  if (state_ == State::kInApp && (paused_ || detached_)) {
     paused_ = false;
+    detached_ = false;
+    want_body_ = false;
     server_->app()->on_abort(*this);
   }
   net::TimerList::disarm(timer);
@@ -424,6 +457,9 @@ bool Connection::begin_exchange(size_t head_len) noexcept {
   file_left_ = 0;
   keep_alive_ = req_.keep_alive && !server_->stopping();
   paused_ = false;
+  detached_ = false;
+  want_body_ = false;
+  disconnect_told_ = false;
   app_state = nullptr;
   server_->count_request();
   net::TimerList::disarm(timer);
@@ -437,8 +473,8 @@ bool Connection::begin_exchange(size_t head_len) noexcept {
   state_ = State::kInApp;
   blocking_ = false;
   server_->app()->on_request(*this);
-  if (state_ == State::kInApp && !paused_ && !finished_) {
-    // The handler returned without finishing or pausing: never leave the client hanging.
+  if (state_ == State::kInApp && !paused_ && !finished_ && !detached_) {
+    // The handler returned without finishing, pausing or detaching: never leave the client hanging.
     if (!started_) {
       send_simple(500, "Internal Server Error\n", true);
     } else {
@@ -584,7 +620,7 @@ Exchange::BodyStatus Connection::body_peek(std::string_view* out, bool block) no
     }
     body_pos_ = head_len_;
     if (continue_pending_ && !started_) {
-      if (!send_continue()) {
+      if (!send_continue(block)) {
         body_error_ = BodyError::kDisconnected;
         return BodyStatus::kError;
       }
@@ -627,12 +663,14 @@ void Connection::body_consume(size_t n) noexcept {
   cur_len_ -= n;
 }
 
-bool Connection::send_continue() noexcept {
+bool Connection::send_continue(bool block) noexcept {
   continue_pending_ = false;
   static constexpr std::string_view k100 = "HTTP/1.1 100 Continue\r\n\r\n";
   ensure_out();
   out_->append(k100);
-  return flush_blocking();
+  if (block) return flush_blocking();
+  flush();  // what does not go out now leaves with the next flush, still in order
+  return !failed_;
 }
 
 namespace {
@@ -843,6 +881,12 @@ Exchange::WriteStatus Connection::write(const char* data, size_t n) noexcept {
 }
 
 Exchange::WriteStatus Connection::after_queue() noexcept {
+  WriteStatus st = queue_status();
+  if (!in_drive_ && !blocking_ && st != WriteStatus::kError) kick();  // async app: send now
+  return st;
+}
+
+Exchange::WriteStatus Connection::queue_status() noexcept {
   size_t high = server_->config().output_high_watermark;
   if ((!out_ || out_->size() <= high) && file_left_ == 0) return WriteStatus::kOk;
   if (flush()) return WriteStatus::kOk;
@@ -931,6 +975,29 @@ bool Connection::flush_blocking() noexcept {
   return true;
 }
 
+void Connection::want_body(bool on) noexcept {
+  want_body_ = on;
+  if (on && !in_drive_) kick();
+}
+
+// The app acted outside drive() (an async app's send or receive): flush now, so the bytes leave
+// without waiting for a loop iteration, and let the next step run the state machine (running it
+// here could start the next pipelined request inside the app's own call).
+void Connection::kick() noexcept {
+  if (in_drive_ || state_ == State::kClosed || state_ == State::kLent) return;
+  if (out_pending() && !paused_) flush();
+  if (!deferred_) {
+    deferred_ = true;
+    server_->defer(this);
+  }
+}
+
+void Connection::run_deferred() noexcept {
+  deferred_ = false;
+  if (state_ == State::kClosed || lent_.load(std::memory_order_acquire)) return;
+  drive();
+}
+
 bool Connection::wait_drained() noexcept {
   paused_ = false;
   return flush_blocking();
@@ -954,6 +1021,9 @@ bool Connection::finish() noexcept {
   if (server_->config().access_log_fd >= 0) log_access();
   if (blocking_ && !failed_) flush_blocking();
   if (!failed_) after_response();
+  detached_ = false;
+  want_body_ = false;
+  if (!blocking_) kick();
   if (blocking_) {
     // Pool thread: the loop takes it from here (timers and epoll are the loop's).
     if (state_ == State::kInApp) state_ = State::kReadHead;
@@ -970,6 +1040,9 @@ void Connection::abort() noexcept {
   // What was already produced still goes out (the client sees a truncated message: no final
   // chunk, or fewer bytes than Content-Length), then the connection closes.
   if (!failed_) state_ = State::kClosing;
+  detached_ = false;
+  want_body_ = false;
+  if (!blocking_) kick();
 }
 
 void Connection::send_simple(int status, std::string_view body, bool close) noexcept {

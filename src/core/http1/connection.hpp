@@ -62,6 +62,11 @@ class Connection final : public net::IoHandler, public Exchange {
   void abort() noexcept override;
   bool response_started() const noexcept override { return started_; }
   void send_simple(int status, std::string_view body, bool close) noexcept override;
+  void detach() noexcept override { detached_ = true; }
+  void want_body(bool on) noexcept override;
+  bool peer_gone() const noexcept override { return peer_eof_ || failed_; }
+  // Server::step() runs this for a connection that deferred itself (Server::defer).
+  void run_deferred() noexcept;
 
  private:
   enum class State : uint8_t {
@@ -92,7 +97,9 @@ class Connection final : public net::IoHandler, public Exchange {
   bool flush_blocking() noexcept;
   bool wait_fd(short events, int64_t timeout_ms) noexcept;
   WriteStatus after_queue() noexcept;
-  bool send_continue() noexcept;
+  WriteStatus queue_status() noexcept;
+  bool send_continue(bool block) noexcept;
+  void kick() noexcept;
   void log_access() noexcept;
   void arm_timer_for_state() noexcept;
   void release_buffers() noexcept;
@@ -110,6 +117,11 @@ class Connection final : public net::IoHandler, public Exchange {
   bool failed_ = false;      // a write failed or the app aborted: close when control returns
   bool paused_ = false;      // inline mode: producer waits for on_resume
   bool blocking_ = false;    // pool mode: writes wait instead of pausing
+  bool detached_ = false;    // an async app owns the exchange and finishes it later
+  bool want_body_ = false;   // detached: call on_body_ready() when body_peek() has news
+  bool disconnect_told_ = false;  // detached: on_disconnect() was called
+  bool in_drive_ = false;    // inside drive(): app calls need no deferral
+  bool deferred_ = false;    // queued on the server's deferred list
   bool is_unix_ = false;
   int listener_ = 0;
   int port_ = 0;

@@ -61,6 +61,18 @@ class Exchange {
   // Sends a complete error response (status, plain-text body) if nothing was sent yet.
   virtual void send_simple(int status, std::string_view body, bool close) noexcept = 0;
 
+  // ---- for asynchronous apps (ASGI), all on the loop thread ----
+  // Called in on_request: the app keeps the exchange and finishes it later (from its own task),
+  // instead of finishing or pausing before on_request returns.
+  virtual void detach() noexcept = 0;
+  // While on, the engine reads the socket for this exchange and calls
+  // AppHandler::on_body_ready() once body_peek(block=false) has something other than kWouldBlock
+  // (data, the end, or an error); the flag is cleared before the call. The handler must consume
+  // what it was given (or turn the flag off) before asking again.
+  virtual void want_body(bool on) noexcept = 0;
+  // The client has gone (EOF, reset): AppHandler::on_disconnect() was or is about to be called.
+  virtual bool peer_gone() const noexcept = 0;
+
   void* app_state = nullptr;  // the bridge's per-exchange state while a response is paused
 };
 
@@ -73,8 +85,14 @@ class AppHandler {
   virtual void on_request(Exchange& ex) noexcept = 0;
   // The output drained after a kPause: continue producing.
   virtual void on_resume(Exchange& ex) noexcept = 0;
-  // The connection died while paused: release ex.app_state (close the app's iterable).
+  // The connection died while paused or detached: release ex.app_state; the exchange is dead
+  // after this returns.
   virtual void on_abort(Exchange& ex) noexcept = 0;
+  // Detached exchanges only: see Exchange::want_body().
+  virtual void on_body_ready(Exchange& ex) noexcept {}
+  // Detached exchanges only: the client went away (EOF or error) before the exchange finished.
+  // Called once; the exchange stays valid until the app finishes or aborts it (writes then fail).
+  virtual void on_disconnect(Exchange& ex) noexcept {}
 };
 
 }  // namespace fulmen::http1

@@ -24,6 +24,9 @@ class LoopHooks {
   virtual void before_wait() noexcept {}
   virtual void after_wait() noexcept {}
   virtual void on_wakeup() noexcept {}
+  // Work was deferred to the next step (Server::defer): an embedder that drives the server with
+  // step() schedules one (e.g. loop.call_soon); run() steps anyway.
+  virtual void on_deferred() noexcept {}
 };
 
 class Loop {
@@ -54,6 +57,7 @@ class Loop {
   base::Clock& clock() noexcept { return clock_; }
   const base::Clock& clock() const noexcept { return clock_; }
   bool ok() const noexcept { return epfd_ >= 0 && wake_r_ >= 0; }
+  int epoll_fd() const noexcept { return epfd_; }
 
  private:
   class WakeHandler : public IoHandler {
