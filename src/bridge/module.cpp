@@ -3,11 +3,13 @@
 // up only while epoll_wait or a blocking read waits; pool mode runs the loop without the GIL and
 // the app on N Python threads.
 #include <chrono>
+#include <cstring>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "bridge/asgi.hpp"
 #include "bridge/py_ref.hpp"
 #include "bridge/wsgi.hpp"
 #include "core/http1/connection.hpp"
@@ -51,6 +53,17 @@ class PoolLoopHooks final : public net::LoopHooks {
   State* s_;
 };
 
+// asyncio mode: the loop never waits inside the engine (asyncio waits on the epoll fd), the GIL
+// stays held, and deferred work becomes one loop.call_soon(step).
+class AsyncioHooks final : public net::LoopHooks {
+ public:
+  explicit AsyncioHooks(State* s) : s_(s) {}
+  void on_deferred() noexcept override;
+
+ private:
+  State* s_;
+};
+
 class PyLogger final : public base::Logger {
  public:
   explicit PyLogger(State* s) : s_(s) {}
@@ -61,12 +74,18 @@ class PyLogger final : public base::Logger {
 };
 
 struct State {
-  std::unique_ptr<WsgiHandler> handler;
+  std::unique_ptr<PyHandler> handler;
+  AsgiHandler* asgi = nullptr;  // set when serving ASGI (owned by handler)
   std::unique_ptr<Server> server;
   GilBlockHooks block_hooks;
   InlineLoopHooks inline_hooks{this};
   PoolLoopHooks pool_hooks{this};
   PyLogger logger{this};
+  AsyncioHooks asyncio_hooks{this};
+  // asyncio mode: the loop, the bound step() callable, the pending timer, the done future.
+  Ref loop, step_fn, timer_handle, done_future, call_soon, call_later;
+  int64_t timer_deadline_ms = -1;  // CLOCK_MONOTONIC ms the timer_handle fires at
+  bool step_scheduled = false;     // a call_soon(step) is pending
   int threads = 1;
   bool running = false;
   bool abandoned = false;  // a stuck app thread still uses the engine: never free it
@@ -91,6 +110,13 @@ void PoolLoopHooks::on_wakeup() noexcept {
   restore_thread(main_state);
   s_->check_signals();
   main_state = PyEval_SaveThread();
+}
+
+void AsyncioHooks::on_deferred() noexcept {
+  if (s_->step_scheduled || !s_->step_fn) return;
+  Ref h = Ref::steal(PyObject_CallOneArg(s_->call_soon.get(), s_->step_fn.get()));
+  if (h) s_->step_scheduled = true;
+  else s_->handler->log_exception("loop.call_soon failed");
 }
 
 void PyLogger::log(base::LogLevel, std::string_view message) noexcept {
@@ -134,7 +160,7 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
                                  "timeout_request_header", "timeout_request_body",
                                  "limit_request_line", "limit_request_fields",
                                  "limit_request_field_size", "limit_request_body",
-                                 "graceful_timeout", nullptr};
+                                 "graceful_timeout", "interface", nullptr};
   PyObject *app, *listeners, *error_log = nullptr;
   int threads = 1, access_log_fd = -1;
   const char* root_path = "";
@@ -142,11 +168,18 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   double keep_alive = 5.0, header_timeout = 30.0, body_timeout = 60.0, graceful = 30.0;
   Py_ssize_t line = 8190, fields = 100, field_size = 8190;
   long long body_limit = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLd", const_cast<char**>(kwlist), &app,
+  const char* interface = "wsgi";
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLds", const_cast<char**>(kwlist), &app,
                                    &listeners, &error_log, &threads, &root_path, &url_scheme,
                                    &access_log_fd, &keep_alive, &header_timeout, &body_timeout,
-                                   &line, &fields, &field_size, &body_limit, &graceful))
+                                   &line, &fields, &field_size, &body_limit, &graceful, &interface))
     return -1;
+  bool asgi = std::strcmp(interface, "asgi") == 0;
+  if (!asgi && std::strcmp(interface, "wsgi") != 0) {
+    PyErr_Format(PyExc_ValueError, "interface must be 'wsgi' or 'asgi', not '%s'", interface);
+    return -1;
+  }
+  if (asgi) threads = 1;  // ASGI runs on the event loop's thread
   if (!PyCallable_Check(app)) {
     PyErr_SetString(PyExc_TypeError, "app must be callable");
     return -1;
@@ -199,8 +232,15 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   opts.url_scheme = url_scheme;
   opts.multithread = threads > 1;
   opts.multiprocess = false;
-  state->handler = WsgiHandler::create(app, error_log, infos, opts);
-  if (!state->handler) return -1;
+  if (asgi) {
+    auto h = AsgiHandler::create(app, error_log, infos, opts);
+    if (!h) return -1;
+    state->asgi = h.get();
+    state->handler = std::move(h);
+  } else {
+    state->handler = WsgiHandler::create(app, error_log, infos, opts);
+    if (!state->handler) return -1;
+  }
   State* raw = state.get();
   state->handler->set_stop_callback([raw] { raw->server->stop(true); });
   state->threads = threads;
@@ -224,6 +264,10 @@ PyObject* server_run(PyObject* o, PyObject*) {
   State* s = self->state;
   if (s->running) {
     PyErr_SetString(PyExc_RuntimeError, "Server.run() is already running");
+    return nullptr;
+  }
+  if (s->asgi) {
+    PyErr_SetString(PyExc_RuntimeError, "an ASGI server is served with serve_asyncio(loop, state)");
     return nullptr;
   }
   s->running = true;
@@ -293,6 +337,115 @@ PyObject* server_run(PyObject* o, PyObject*) {
   Py_RETURN_NONE;
 }
 
+int64_t mono_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// Keeps one loop.call_later(step) armed for the engine's next timer. Deadlines only move later
+// between requests (keep-alive), so the handle is replaced only when it would fire too late.
+bool schedule_timer(State* s) {
+  int next = s->server->next_timeout_ms();
+  if (next < 0) return true;
+  int64_t due = mono_ms() + next;
+  if (s->timer_handle && s->timer_deadline_ms >= 0 && s->timer_deadline_ms <= due + 1) return true;
+  if (s->timer_handle) {
+    Ref r = Ref::steal(PyObject_CallMethod(s->timer_handle.get(), "cancel", nullptr));
+    if (!r) return false;
+  }
+  Ref delay = Ref::steal(PyFloat_FromDouble(next / 1000.0));
+  if (!delay) return false;
+  s->timer_handle = Ref::steal(PyObject_CallFunctionObjArgs(s->call_later.get(), delay.get(), s->step_fn.get(), nullptr));
+  s->timer_deadline_ms = due;
+  return bool(s->timer_handle);
+}
+
+void finish_asyncio(State* s) {
+  ErrorStash stash;
+  Ref r = Ref::steal(PyObject_CallMethod(s->loop.get(), "remove_reader", "i", s->server->epoll_fd()));
+  if (!r) PyErr_Clear();
+  if (s->timer_handle) {
+    Ref c = Ref::steal(PyObject_CallMethod(s->timer_handle.get(), "cancel", nullptr));
+    if (!c) PyErr_Clear();
+  }
+  Ref done = s->done_future;
+  s->timer_handle.reset();
+  s->step_fn.reset();  // breaks the server <-> step() reference cycle
+  s->done_future.reset();
+  s->running = false;
+  if (done) {
+    Ref res = Ref::steal(PyObject_CallMethod(done.get(), "set_result", "O", Py_None));
+    if (!res) PyErr_Clear();
+  }
+}
+
+// server._step(): one engine step, from loop.add_reader, call_soon or call_later.
+PyObject* server_step(PyObject* o, PyObject*) {
+  auto* self = reinterpret_cast<ServerObject*>(o);
+  if (!self->state || !self->state->step_fn) Py_RETURN_NONE;
+  State* s = self->state;
+  s->step_scheduled = false;
+  if (s->timer_deadline_ms >= 0 && mono_ms() >= s->timer_deadline_ms) {
+    s->timer_handle.reset();  // it fired (this may be it)
+    s->timer_deadline_ms = -1;
+  }
+  if (!s->server->step(0)) {
+    finish_asyncio(s);
+    Py_RETURN_NONE;
+  }
+  if (!schedule_timer(s)) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyMethodDef step_def = {"_step", server_step, METH_NOARGS, "One engine step (asyncio mode)."};
+
+PyObject* server_serve_asyncio(PyObject* o, PyObject* args) {
+  auto* self = reinterpret_cast<ServerObject*>(o);
+  if (!ready(self)) return nullptr;
+  State* s = self->state;
+  PyObject *loop, *lstate = Py_None;
+  if (!PyArg_ParseTuple(args, "O|O:serve_asyncio", &loop, &lstate)) return nullptr;
+  if (!s->asgi) {
+    PyErr_SetString(PyExc_RuntimeError, "serve_asyncio() serves ASGI apps; this server is WSGI (use run())");
+    return nullptr;
+  }
+  if (s->running) {
+    PyErr_SetString(PyExc_RuntimeError, "the server is already running");
+    return nullptr;
+  }
+  if (lstate != Py_None && !PyDict_Check(lstate)) {
+    PyErr_SetString(PyExc_TypeError, "state must be a dict or None");
+    return nullptr;
+  }
+  if (!s->asgi->attach(loop, lstate)) return nullptr;
+  s->loop = Ref::borrow(loop);
+  s->call_soon = Ref::steal(PyObject_GetAttrString(loop, "call_soon"));
+  s->call_later = Ref::steal(PyObject_GetAttrString(loop, "call_later"));
+  Ref done = Ref::steal(PyObject_CallMethod(loop, "create_future", nullptr));
+  if (!s->call_soon || !s->call_later || !done) return nullptr;
+  Ref step = Ref::steal(PyCFunction_New(&step_def, o));
+  if (!step) return nullptr;
+  if (int err = s->server->start(&s->asyncio_hooks)) {
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  Ref r = Ref::steal(PyObject_CallMethod(loop, "add_reader", "iO", s->server->epoll_fd(), step.get()));
+  if (!r) {
+    s->server->stop(false);
+    while (s->server->step(0)) {
+    }
+    return nullptr;
+  }
+  s->step_fn = step;
+  s->done_future = done;
+  s->running = true;
+  s->timer_deadline_ms = -1;
+  s->step_scheduled = false;
+  if (!schedule_timer(s)) return nullptr;
+  return done.release();
+}
+
 PyObject* server_stop(PyObject* o, PyObject* args, PyObject* kw) {
   auto* self = reinterpret_cast<ServerObject*>(o);
   if (!ready(self)) return nullptr;
@@ -326,6 +479,8 @@ PyMethodDef server_methods[] = {
     {"stop", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(server_stop)),
      METH_VARARGS | METH_KEYWORDS, "stop(graceful=True): stop serving (thread/signal safe)."},
     {"stats", server_stats, METH_NOARGS, "Engine counters as a dict."},
+    {"serve_asyncio", server_serve_asyncio, METH_VARARGS,
+     "serve_asyncio(loop, state=None) -> Future: serve an ASGI app on a running asyncio loop."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef server_getset[] = {
@@ -363,5 +518,6 @@ PyMODINIT_FUNC PyInit__core(void) {
   }
   if (PyModule_AddStringConstant(m.get(), "__version__", "0.1.0") < 0) return nullptr;
   if (!wsgi_init_types(m.get())) return nullptr;
+  if (!asgi_init_types(m.get())) return nullptr;
   return m.release();
 }

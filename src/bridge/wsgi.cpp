@@ -187,7 +187,6 @@ PyTypeObject StartResponseType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 struct WsgiHandler::Impl {
   WsgiHandler* outer = nullptr;
   Ref app;
-  Ref error_log;
   std::vector<Ref> protos;   // per listener: the environ prototype
   std::string root_path;
   HeaderKeyCache header_keys;
@@ -839,12 +838,11 @@ std::unique_ptr<WsgiHandler> WsgiHandler::create(PyObject* app, PyObject* error_
                                                  const std::vector<ListenerInfo>& listeners,
                                                  const WsgiOptions& options) noexcept {
   if (!init_strings()) return nullptr;
-  std::unique_ptr<WsgiHandler> h(new WsgiHandler());
+  std::unique_ptr<WsgiHandler> h(new WsgiHandler(error_log));
   h->impl_ = std::make_unique<Impl>();
   Impl& im = *h->impl_;
   im.outer = h.get();
   im.app = Ref::borrow(app);
-  im.error_log = Ref::borrow(error_log);
   im.root_path = options.root_path;
   while (!im.root_path.empty() && im.root_path.back() == '/') im.root_path.pop_back();
   im.resp_headers.reserve(32);
@@ -872,6 +870,8 @@ std::unique_ptr<WsgiHandler> WsgiHandler::create(PyObject* app, PyObject* error_
   }
   return h;
 }
+
+WsgiHandler::WsgiHandler(PyObject* error_log) noexcept : PyHandler(error_log) {}
 
 WsgiHandler::~WsgiHandler() {
   if (impl_) {
@@ -927,29 +927,6 @@ void WsgiHandler::on_resume(Exchange& ex) noexcept {
 void WsgiHandler::on_abort(Exchange& ex) noexcept {
   auto* sr = static_cast<StartResponseObject*>(ex.app_state);
   if (sr) impl_->finish_call(sr);
-}
-
-void WsgiHandler::log_exception(const char* message) noexcept {
-  PyObject *type, *value, *tb;
-  PyErr_Fetch(&type, &value, &tb);
-  if (!type) return log_message(message);
-  PyErr_NormalizeException(&type, &value, &tb);
-  if (tb && value) PyException_SetTraceback(value, tb);
-  Ref t = Ref::steal(type), v = Ref::steal(value), b = Ref::steal(tb);
-  Ref msg = Ref::steal(PyUnicode_FromString(message));
-  Ref r = msg ? Ref::steal(PyObject_CallFunctionObjArgs(impl_->error_log.get(), msg.get(),
-                                                        v ? v.get() : Py_None, nullptr))
-              : Ref();
-  if (!r) PyErr_WriteUnraisable(impl_->error_log.get());
-}
-
-void WsgiHandler::log_message(const char* message) noexcept {
-  ErrorStash stash;
-  Ref msg = Ref::steal(PyUnicode_FromString(message));
-  Ref r = msg ? Ref::steal(PyObject_CallFunctionObjArgs(impl_->error_log.get(), msg.get(),
-                                                        Py_None, nullptr))
-              : Ref();
-  if (!r) PyErr_WriteUnraisable(impl_->error_log.get());
 }
 
 // ---- the write() callable and type registration -------------------------------------------------

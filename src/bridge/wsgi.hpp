@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bridge/handler.hpp"
 #include "bridge/py_ref.hpp"
 #include "core/http1/exchange.hpp"
 
@@ -29,7 +30,7 @@ struct WsgiOptions {
 // Registers the Python types (call once, from module init). Returns false with an error set.
 bool wsgi_init_types(PyObject* module) noexcept;
 
-class WsgiHandler final : public http1::AppHandler {
+class WsgiHandler final : public PyHandler {
  public:
   // Returns null with a Python error set.
   static std::unique_ptr<WsgiHandler> create(PyObject* app, PyObject* error_log,
@@ -41,20 +42,13 @@ class WsgiHandler final : public http1::AppHandler {
   void on_resume(http1::Exchange& ex) noexcept override;
   void on_abort(http1::Exchange& ex) noexcept override;
 
-  // Called when the app raised a BaseException that is not an Exception (KeyboardInterrupt,
-  // SystemExit): the server must stop, and run() re-raises it.
-  void set_stop_callback(std::function<void()> cb) noexcept;
-  // Moves that exception out (new references), if there is one.
-  void take_fatal(PyObject** type, PyObject** value, PyObject** tb) noexcept;
-
-  // Logs the pending Python exception through error_log (clears it). Never raises.
-  void log_exception(const char* message) noexcept;
-  void log_message(const char* message) noexcept;
+  void set_stop_callback(std::function<void()> cb) noexcept override;
+  void take_fatal(PyObject** type, PyObject** value, PyObject** tb) noexcept override;
 
   struct Impl;
 
  private:
-  WsgiHandler() = default;
+  explicit WsgiHandler(PyObject* error_log) noexcept;
   std::unique_ptr<Impl> impl_;
 };
 

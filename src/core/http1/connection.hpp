@@ -53,6 +53,7 @@ class Connection final : public net::IoHandler, public Exchange {
   BodyStatus body_peek(std::string_view* out, bool block) noexcept override;
   void body_consume(size_t n) noexcept override;
   BodyError body_error() const noexcept override { return body_error_; }
+  bool body_finished() const noexcept override { return body_done_ && cur_len_ == 0; }
   StartError start_response(int status, std::string_view reason, const Header* headers,
                             size_t n) noexcept override;
   WriteStatus write(const char* data, size_t n) noexcept override;

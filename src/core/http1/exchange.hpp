@@ -40,6 +40,8 @@ class Exchange {
   virtual BodyStatus body_peek(std::string_view* out, bool block) noexcept = 0;
   virtual void body_consume(size_t n) noexcept = 0;
   virtual BodyError body_error() const noexcept = 0;
+  // Every body byte was handed out and consumed (true at once for requests without a body).
+  virtual bool body_finished() const noexcept = 0;
 
   // Response. Headers are validated (no CR/LF/NUL, token names); hop-by-hop ones are handled by
   // the engine: Connection/Keep-Alive/Transfer-Encoding from the app are dropped (Connection:

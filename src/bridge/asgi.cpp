@@ -1,0 +1,736 @@
+// ASGI bridge; see asgi.hpp.
+#include "bridge/asgi.hpp"
+
+#include <cstring>
+
+#include "core/base/ascii.hpp"
+#include "core/http1/status.hpp"
+
+namespace fulmen::bridge {
+
+using http1::Exchange;
+
+namespace {
+
+// ---- constants ----------------------------------------------------------------------------------
+
+struct Names {
+  Ref type, asgi, http_version, method, scheme, path, raw_path, query_string, root_path, headers,
+      client, server, state, extensions, body, more_body, status, http_request, http_disconnect,
+      http_response_start, http_response_body, set_result, done, create_future, http, v1_1, v1_0,
+      empty_bytes, empty_str, asgi_info, run_helper;
+  Ref methods[10];
+  Ref disconnect_msg;  // {"type": "http.disconnect"}, shared: receivers must not mutate it
+};
+Names* N = nullptr;
+
+Ref str(const char* s) noexcept { return Ref::steal(PyUnicode_InternFromString(s)); }
+
+// The coroutine every request runs in: it calls the app and reports how it ended, so the
+// response can be completed (500, or a close) without a done-callback round trip.
+constexpr const char* kRunHelper = R"PY(
+async def run(app, scope, receive, send, call):
+    try:
+        await app(scope, receive, send)
+    except BaseException as exc:
+        call.app_error(exc)
+        if not isinstance(exc, Exception):
+            raise
+    else:
+        call.app_done()
+)PY";
+
+bool init_names() noexcept {
+  if (N) return true;
+  auto* n = new Names();
+#define K(f, s) n->f = str(s)
+  K(type, "type"); K(asgi, "asgi"); K(http_version, "http_version"); K(method, "method");
+  K(scheme, "scheme"); K(path, "path"); K(raw_path, "raw_path"); K(query_string, "query_string");
+  K(root_path, "root_path"); K(headers, "headers"); K(client, "client"); K(server, "server");
+  K(state, "state"); K(extensions, "extensions"); K(body, "body"); K(more_body, "more_body");
+  K(status, "status"); K(http_request, "http.request"); K(http_disconnect, "http.disconnect");
+  K(http_response_start, "http.response.start"); K(http_response_body, "http.response.body");
+  K(set_result, "set_result"); K(done, "done"); K(create_future, "create_future");
+  K(http, "http"); K(v1_1, "1.1"); K(v1_0, "1.0"); K(empty_str, "");
+#undef K
+  n->empty_bytes = Ref::steal(PyBytes_FromStringAndSize(nullptr, 0));
+  n->asgi_info = Ref::steal(Py_BuildValue("{ssss}", "version", "3.0", "spec_version", "2.4"));
+  const char* names[10] = {nullptr, "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH",
+                           "CONNECT", "TRACE"};
+  for (int i = 1; i < 10; ++i) n->methods[i] = str(names[i]);
+  n->disconnect_msg = Ref::steal(PyDict_New());
+  if (n->disconnect_msg && n->type)
+    PyDict_SetItem(n->disconnect_msg.get(), n->type.get(), n->http_disconnect.get());
+  // The helper coroutine, compiled once.
+  Ref globals = Ref::steal(PyDict_New());
+  if (globals) {
+    PyDict_SetItemString(globals.get(), "__builtins__", PyEval_GetBuiltins());
+    Ref code = Ref::steal(Py_CompileString(kRunHelper, "<fulmen-asgi>", Py_file_input));
+    Ref r = code ? Ref::steal(PyEval_EvalCode(code.get(), globals.get(), globals.get())) : Ref();
+    if (r) n->run_helper = Ref::borrow(PyDict_GetItemString(globals.get(), "run"));
+  }
+  if (PyErr_Occurred() || !n->run_helper) {
+    delete n;
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "fulmen: ASGI helper failed");
+    return false;
+  }
+  N = n;
+  return true;
+}
+
+// ---- an awaitable that is already complete ------------------------------------------------------
+
+// `await Ready(v)` evaluates to v without suspending: no future, no loop iteration.
+struct ReadyObject {
+  PyObject_HEAD
+  PyObject* value;  // owned; null means None
+};
+
+PyTypeObject ReadyType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+void ready_dealloc(PyObject* o) {
+  Py_XDECREF(reinterpret_cast<ReadyObject*>(o)->value);
+  Py_TYPE(o)->tp_free(o);
+}
+
+PyObject* ready_await(PyObject* o) {
+  Py_INCREF(o);
+  return o;
+}
+
+PyObject* ready_next(PyObject* o) {
+  auto* self = reinterpret_cast<ReadyObject*>(o);
+  PyObject* v = self->value;
+  if (!v) return nullptr;  // StopIteration(None)
+  // StopIteration(v): built explicitly so a tuple value is not taken for the exception's args.
+  Ref exc = Ref::steal(PyObject_CallOneArg(PyExc_StopIteration, v));
+  if (exc) PyErr_SetObject(PyExc_StopIteration, exc.get());
+  return nullptr;
+}
+
+PyAsyncMethods ready_async = {ready_await, nullptr, nullptr, nullptr};
+
+Ref ready_none;  // the shared Ready(None)
+
+PyObject* make_ready(PyObject* value) noexcept {  // steals value (may be null for None)
+  if (!value) {
+    Py_INCREF(ready_none.get());
+    return ready_none.get();
+  }
+  auto* r = PyObject_New(ReadyObject, &ReadyType);
+  if (!r) {
+    Py_DECREF(value);
+    return nullptr;
+  }
+  r->value = value;
+  return reinterpret_cast<PyObject*>(r);
+}
+
+// ---- the per-request object: receive() and the callbacks of the run helper ---------------------
+
+struct CallObject {
+  PyObject_HEAD
+  vectorcallfunc vectorcall;    // receive()
+  AsgiHandler::Impl* h;         // borrowed; outlives every request
+  Exchange* ex;                 // borrowed; null once the exchange finished or died
+  PyObject* recv_future;        // owned: a pending receive(), if any
+  PyObject* send_future;        // owned: a send() waiting for the socket to drain
+  PyObject* task;               // owned: keeps the task alive (asyncio holds tasks weakly)
+  bool started;                 // http.response.start was sent
+  bool complete;                // the final body was sent
+  bool disconnected;            // the client went away
+  bool request_done;            // the last http.request (more_body=False) was delivered
+  bool head;                    // HEAD request: body bytes are dropped by the engine
+};
+
+struct SendObject {
+  PyObject_HEAD
+  vectorcallfunc vectorcall;  // send(message)
+  CallObject* call;           // owned
+};
+
+PyTypeObject CallType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+PyTypeObject SendType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+}  // namespace
+
+struct AsgiHandler::Impl {
+  AsgiHandler* outer = nullptr;
+  Ref app;
+  Ref loop;
+  Ref state;                 // lifespan state (a dict) or null
+  Ref create_future;         // loop.create_future, looked up once
+  Ref task_factory;          // creates a Task for a coroutine (eager where available)
+  bool eager = false;        // task_factory starts tasks eagerly (Python 3.12+)
+  std::vector<Ref> server_tuples;  // per listener: (host, port) or None
+  std::string root_path;
+  Ref root_path_str, root_path_bytes;
+  std::string scratch;
+
+  PyObject* build_scope(Exchange& ex) noexcept;
+  PyObject* body_message(CallObject* c) noexcept;  // new ref or null (error set)
+  void resolve(PyObject** fut, PyObject* value) noexcept;
+  void detach(CallObject* c) noexcept;
+};
+
+namespace {
+
+void call_dealloc(PyObject* o) {
+  auto* c = reinterpret_cast<CallObject*>(o);
+  Py_XDECREF(c->recv_future);
+  Py_XDECREF(c->send_future);
+  Py_XDECREF(c->task);
+  Py_TYPE(o)->tp_free(o);
+}
+
+void send_dealloc(PyObject* o) {
+  Py_XDECREF(reinterpret_cast<SendObject*>(o)->call);
+  Py_TYPE(o)->tp_free(o);
+}
+
+PyObject* future(CallObject* c) noexcept { return PyObject_CallNoArgs(c->h->create_future.get()); }
+
+// receive()
+PyObject* call_receive(PyObject* o, PyObject* const*, size_t nargsf, PyObject* kwnames) {
+  auto* c = reinterpret_cast<CallObject*>(o);
+  if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+    PyErr_SetString(PyExc_TypeError, "receive() takes no arguments");
+    return nullptr;
+  }
+  if (c->recv_future) {
+    PyErr_SetString(PyExc_RuntimeError, "receive() called while another receive() is pending");
+    return nullptr;
+  }
+  if (c->disconnected || c->complete || !c->ex) {
+    Py_INCREF(N->disconnect_msg.get());
+    return make_ready(N->disconnect_msg.get());
+  }
+  if (!c->request_done) {
+    std::string_view data;
+    Exchange::BodyStatus st = c->ex->body_peek(&data, false);
+    if (st != Exchange::BodyStatus::kWouldBlock) {
+      PyObject* msg = c->h->body_message(c);
+      return msg ? make_ready(msg) : nullptr;
+    }
+    c->ex->want_body(true);  // the engine reads for us now, and calls on_body_ready()
+  }
+  // Body delivered (or not here yet): wait for it, for the client to leave, or for the response
+  // to complete.
+  PyObject* fut = future(c);
+  if (!fut) return nullptr;
+  Py_INCREF(fut);
+  c->recv_future = fut;
+  return fut;
+}
+
+PyObject* runtime_error(const char* fmt, PyObject* type) {
+  PyErr_Format(PyExc_RuntimeError, fmt, type);
+  return nullptr;
+}
+
+// send(message)
+PyObject* send_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  CallObject* c = reinterpret_cast<SendObject*>(o)->call;
+  if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+    PyErr_SetString(PyExc_TypeError, "send() takes exactly one argument (the message dict)");
+    return nullptr;
+  }
+  PyObject* msg = args[0];
+  if (!PyDict_Check(msg)) {
+    PyErr_Format(PyExc_TypeError, "ASGI message must be a dict, not %.100s", Py_TYPE(msg)->tp_name);
+    return nullptr;
+  }
+  PyObject* type = PyDict_GetItemWithError(msg, N->type.get());  // borrowed
+  if (!type) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "ASGI message has no 'type'");
+    return nullptr;
+  }
+  int is_start = PyUnicode_Check(type) ? PyUnicode_Compare(type, N->http_response_start.get()) == 0 : 0;
+  int is_body = PyUnicode_Check(type) ? PyUnicode_Compare(type, N->http_response_body.get()) == 0 : 0;
+  if (!is_start && !is_body) {
+    return runtime_error("Unexpected ASGI message '%S' sent, for an HTTP request", type);
+  }
+  if (is_start) {
+    if (c->started) return runtime_error("Expected ASGI message 'http.response.body', but got '%S'.", type);
+    PyObject* status = PyDict_GetItemWithError(msg, N->status.get());  // borrowed
+    if (!status || !PyLong_Check(status)) {
+      if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "http.response.start needs an int 'status'");
+      return nullptr;
+    }
+    long code = PyLong_AsLong(status);
+    if (code == -1 && PyErr_Occurred()) return nullptr;
+    PyObject* headers = PyDict_GetItemWithError(msg, N->headers.get());  // borrowed
+    if (!headers && PyErr_Occurred()) return nullptr;
+    std::vector<http1::Header> hs;
+    Ref seq;
+    if (headers) {
+      seq = Ref::steal(PySequence_Fast(headers, "response headers must be a list of [name, value] pairs"));
+      if (!seq) return nullptr;
+      Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.get());
+      hs.reserve(size_t(n));
+      for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject* pair = PySequence_Fast_GET_ITEM(seq.get(), i);  // borrowed
+        PyObject *name, *value;
+        if ((PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2)) {
+          name = PyTuple_GET_ITEM(pair, 0);
+          value = PyTuple_GET_ITEM(pair, 1);
+        } else if (PyList_Check(pair) && PyList_GET_SIZE(pair) == 2) {
+          name = PyList_GET_ITEM(pair, 0);
+          value = PyList_GET_ITEM(pair, 1);
+        } else {
+          PyErr_Format(PyExc_TypeError, "response header %R must be a [name, value] pair", pair);
+          return nullptr;
+        }
+        if (!PyBytes_Check(name) || !PyBytes_Check(value)) {
+          PyErr_Format(PyExc_TypeError, "response header %R: name and value must be bytes", pair);
+          return nullptr;
+        }
+        hs.push_back({std::string_view(PyBytes_AS_STRING(name), size_t(PyBytes_GET_SIZE(name))),
+                      std::string_view(PyBytes_AS_STRING(value), size_t(PyBytes_GET_SIZE(value)))});
+      }
+    }
+    if (c->disconnected || !c->ex) {
+      c->started = true;  // nobody to send to (as Uvicorn: sends after a disconnect are dropped)
+      Py_INCREF(ready_none.get());
+      return ready_none.get();
+    }
+    if (code < 200 || code > 999) {
+      PyErr_Format(PyExc_RuntimeError, "invalid HTTP status %ld in http.response.start", code);
+      return nullptr;
+    }
+    switch (c->ex->start_response(int(code), {}, hs.data(), hs.size())) {
+      case Exchange::StartError::kNone:
+        break;
+      case Exchange::StartError::kBadHeader:
+        PyErr_SetString(PyExc_RuntimeError,
+                        "invalid response header: bad name, CR/LF/NUL in a value, or a bad Content-Length");
+        return nullptr;
+      default:
+        PyErr_Format(PyExc_RuntimeError, "invalid HTTP status %ld", code);
+        return nullptr;
+    }
+    c->started = true;
+    Py_INCREF(ready_none.get());
+    return ready_none.get();
+  }
+  // http.response.body
+  if (!c->started) return runtime_error("Expected ASGI message 'http.response.start', but got '%S'.", type);
+  if (c->complete) return runtime_error("Unexpected ASGI message '%S' sent, after response already completed.", type);
+  PyObject* body = PyDict_GetItemWithError(msg, N->body.get());  // borrowed
+  if (!body && PyErr_Occurred()) return nullptr;
+  PyObject* more = PyDict_GetItemWithError(msg, N->more_body.get());  // borrowed
+  if (!more && PyErr_Occurred()) return nullptr;
+  int more_body = more ? PyObject_IsTrue(more) : 0;
+  if (more_body < 0) return nullptr;
+  Py_buffer view{};
+  bool have_view = false;
+  if (body && body != Py_None) {
+    if (PyObject_GetBuffer(body, &view, PyBUF_SIMPLE) < 0) {
+      PyErr_Clear();
+      PyErr_Format(PyExc_TypeError, "http.response.body 'body' must be bytes, not %.100s", Py_TYPE(body)->tp_name);
+      return nullptr;
+    }
+    have_view = true;
+  }
+  if (!more_body) c->complete = true;
+  if (c->disconnected || !c->ex) {
+    if (have_view) PyBuffer_Release(&view);
+    Py_INCREF(ready_none.get());
+    return ready_none.get();  // dropped, as Uvicorn does once the client is gone
+  }
+  Exchange* ex = c->ex;
+  Exchange::WriteStatus ws = Exchange::WriteStatus::kOk;
+  if (have_view && view.len > 0) ws = ex->write(static_cast<const char*>(view.buf), size_t(view.len));
+  if (have_view) PyBuffer_Release(&view);
+  if (ws == Exchange::WriteStatus::kError) {
+    c->disconnected = true;
+    if (!more_body) {
+      ex->abort();
+      c->h->detach(c);
+    }
+    Py_INCREF(ready_none.get());
+    return ready_none.get();
+  }
+  if (!more_body) {
+    ex->finish();
+    c->h->detach(c);  // a pending receive() now gets http.disconnect
+    Py_INCREF(ready_none.get());
+    return ready_none.get();
+  }
+  if (ws == Exchange::WriteStatus::kPause) {
+    // The socket is full: this send() completes when the engine drained the queue.
+    PyObject* fut = future(c);
+    if (!fut) return nullptr;
+    Py_INCREF(fut);
+    Py_XSETREF(c->send_future, fut);
+    return fut;
+  }
+  Py_INCREF(ready_none.get());
+  return ready_none.get();
+}
+
+// call.app_done() / call.app_error(exc): from the run helper when the app's coroutine ended.
+PyObject* call_app_done(PyObject* o, PyObject*) {
+  auto* c = reinterpret_cast<CallObject*>(o);
+  Py_CLEAR(c->task);
+  if (c->ex && !c->disconnected) {
+    if (!c->started) {
+      c->h->outer->log_message("ASGI callable returned without starting response.");
+      c->ex->send_simple(500, "Internal Server Error\n", true);
+    } else if (!c->complete) {
+      c->h->outer->log_message("ASGI callable returned without completing response.");
+      c->ex->abort();
+    }
+  } else if (c->ex) {
+    c->ex->abort();  // the client is gone: close what is left
+  }
+  c->h->detach(c);
+  Py_RETURN_NONE;
+}
+
+PyObject* call_app_error(PyObject* o, PyObject* exc) {
+  auto* c = reinterpret_cast<CallObject*>(o);
+  Py_CLEAR(c->task);
+  if (PyObject_IsInstance(exc, PyExc_Exception) == 1) {
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc)), exc);
+    c->h->outer->log_exception("Exception in ASGI application");
+  }
+  if (c->ex) {
+    if (!c->started && !c->disconnected) {
+      c->ex->send_simple(500, "Internal Server Error\n", true);
+    } else {
+      c->ex->abort();
+    }
+  }
+  c->h->detach(c);
+  Py_RETURN_NONE;
+}
+
+PyMethodDef call_methods[] = {
+    {"app_done", call_app_done, METH_NOARGS, nullptr},
+    {"app_error", call_app_error, METH_O, nullptr},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+// ---- the handler -------------------------------------------------------------------------------
+
+void AsgiHandler::Impl::resolve(PyObject** fut, PyObject* value) noexcept {
+  if (!*fut) return;
+  Ref f = Ref::steal(*fut);
+  *fut = nullptr;
+  Ref done = Ref::steal(PyObject_CallMethodNoArgs(f.get(), N->done.get()));
+  if (!done) {
+    outer->log_exception("asyncio future failed");
+    return;
+  }
+  if (done.get() == Py_True) return;  // cancelled by the app: nothing to deliver
+  Ref r = Ref::steal(PyObject_CallMethodOneArg(f.get(), N->set_result.get(), value ? value : Py_None));
+  if (!r) outer->log_exception("asyncio future failed");
+}
+
+// The exchange is over for this call (finished, aborted or dead): forget it, and answer a
+// pending receive() with http.disconnect.
+void AsgiHandler::Impl::detach(CallObject* c) noexcept {
+  Ref keep = Ref::borrow(reinterpret_cast<PyObject*>(c));  // alive while we resolve its futures
+  if (c->ex) {
+    c->ex->app_state = nullptr;
+    c->ex = nullptr;
+    Py_DECREF(reinterpret_cast<PyObject*>(c));  // the reference the exchange held
+  }
+  resolve(&c->recv_future, N->disconnect_msg.get());
+  resolve(&c->send_future, nullptr);
+}
+
+// An http.request message with whatever body is buffered (or an error turned into a disconnect).
+PyObject* AsgiHandler::Impl::body_message(CallObject* c) noexcept {
+  Exchange* ex = c->ex;
+  std::string_view data;
+  Exchange::BodyStatus st = ex->body_peek(&data, false);
+  if (st == Exchange::BodyStatus::kError) {
+    c->disconnected = true;
+    if (!c->started) {
+      auto err = ex->body_error();
+      if (err == Exchange::BodyError::kMalformed) {
+        c->started = c->complete = true;
+        ex->send_simple(400, "Bad Request: malformed request body\n", true);
+      } else if (err == Exchange::BodyError::kTooLarge) {
+        c->started = c->complete = true;
+        ex->send_simple(413, "Content Too Large: request body over the limit\n", true);
+      }
+    }
+    Py_INCREF(N->disconnect_msg.get());
+    return N->disconnect_msg.get();
+  }
+  Ref body;
+  if (st == Exchange::BodyStatus::kData) {
+    body = Ref::steal(PyBytes_FromStringAndSize(data.data(), Py_ssize_t(data.size())));
+    if (!body) return nullptr;
+    ex->body_consume(data.size());
+  } else {
+    body = N->empty_bytes;
+  }
+  bool more = !ex->body_finished();
+  if (!more) c->request_done = true;
+  return Py_BuildValue("{sOsOsO}", "type", N->http_request.get(), "body", body.get(), "more_body",
+                       more ? Py_True : Py_False);
+}
+
+PyObject* AsgiHandler::Impl::build_scope(Exchange& ex) noexcept {
+  const http1::Request& rq = ex.request();
+  Ref scope = Ref::steal(PyDict_New());
+  if (!scope) return nullptr;
+  PyObject* d = scope.get();
+  auto set = [d](PyObject* k, PyObject* v) -> bool {  // v: new reference
+    if (!v) return false;
+    int r = PyDict_SetItem(d, k, v);
+    Py_DECREF(v);
+    return r == 0;
+  };
+  auto set_borrowed = [d](PyObject* k, PyObject* v) -> bool { return PyDict_SetItem(d, k, v) == 0; };
+  if (!set_borrowed(N->type.get(), N->http.get()) || !set_borrowed(N->asgi.get(), N->asgi_info.get()) ||
+      !set_borrowed(N->http_version.get(), rq.version_minor ? N->v1_1.get() : N->v1_0.get()))
+    return nullptr;
+  int mid = int(rq.method_id);
+  if (mid > 0 && mid < 10) {
+    if (!set_borrowed(N->method.get(), N->methods[mid].get())) return nullptr;
+  } else if (!set(N->method.get(), PyUnicode_DecodeLatin1(rq.method.data(), Py_ssize_t(rq.method.size()), nullptr))) {
+    return nullptr;
+  }
+  if (!set_borrowed(N->scheme.get(), N->http.get())) return nullptr;
+  // path: root_path + the percent-decoded target path, UTF-8 with invalid bytes replaced (as
+  // Uvicorn does); raw_path: the same bytes undecoded.
+  std::string& buf = scratch;
+  buf.assign(root_path);
+  std::string_view raw = rq.path;
+  for (size_t i = 0; i < raw.size(); ++i) {
+    char ch = raw[i];
+    if (ch == '%' && i + 2 < raw.size()) {
+      auto hex = [](char x) -> int {
+        if (x >= '0' && x <= '9') return x - '0';
+        if (x >= 'a' && x <= 'f') return x - 'a' + 10;
+        if (x >= 'A' && x <= 'F') return x - 'A' + 10;
+        return -1;
+      };
+      int hi = hex(raw[i + 1]), lo = hex(raw[i + 2]);
+      if (hi >= 0 && lo >= 0) {
+        buf.push_back(char(hi * 16 + lo));
+        i += 2;
+        continue;
+      }
+    }
+    buf.push_back(ch);
+  }
+  if (!set(N->path.get(), PyUnicode_DecodeUTF8(buf.data(), Py_ssize_t(buf.size()), "replace"))) return nullptr;
+  buf.assign(root_path);
+  buf.append(raw);
+  if (!set(N->raw_path.get(), PyBytes_FromStringAndSize(buf.data(), Py_ssize_t(buf.size())))) return nullptr;
+  if (!set(N->query_string.get(), rq.query.empty() ? Py_NewRef(N->empty_bytes.get())
+                                                   : PyBytes_FromStringAndSize(rq.query.data(), Py_ssize_t(rq.query.size()))))
+    return nullptr;
+  if (!set_borrowed(N->root_path.get(), root_path_str.get())) return nullptr;
+  Ref headers = Ref::steal(PyList_New(Py_ssize_t(rq.num_headers)));
+  if (!headers) return nullptr;
+  char lower[256];
+  for (size_t i = 0; i < rq.num_headers; ++i) {
+    const http1::Header& hd = rq.headers[i];
+    PyObject* name;
+    if (hd.name.size() <= sizeof lower) {
+      for (size_t j = 0; j < hd.name.size(); ++j) lower[j] = base::ascii_lower(hd.name[j]);
+      name = PyBytes_FromStringAndSize(lower, Py_ssize_t(hd.name.size()));
+    } else {
+      name = PyBytes_FromStringAndSize(hd.name.data(), Py_ssize_t(hd.name.size()));
+      if (name) {
+        char* p = PyBytes_AS_STRING(name);
+        for (Py_ssize_t j = 0; j < PyBytes_GET_SIZE(name); ++j) p[j] = base::ascii_lower(p[j]);
+      }
+    }
+    PyObject* value = PyBytes_FromStringAndSize(hd.value.data(), Py_ssize_t(hd.value.size()));
+    PyObject* pair = (name && value) ? PyTuple_Pack(2, name, value) : nullptr;
+    Py_XDECREF(name);
+    Py_XDECREF(value);
+    if (!pair) return nullptr;
+    PyList_SET_ITEM(headers.get(), Py_ssize_t(i), pair);
+  }
+  if (!set_borrowed(N->headers.get(), headers.get())) return nullptr;
+  if (!ex.remote_addr().empty()) {
+    Ref host = Ref::steal(PyUnicode_DecodeLatin1(ex.remote_addr().data(), Py_ssize_t(ex.remote_addr().size()), nullptr));
+    if (!host || !set(N->client.get(), Py_BuildValue("(Oi)", host.get(), ex.remote_port()))) return nullptr;
+  } else if (!set_borrowed(N->client.get(), Py_None)) {
+    return nullptr;
+  }
+  if (!set_borrowed(N->server.get(), server_tuples[size_t(ex.listener_index())].get())) return nullptr;
+  if (state && !set(N->state.get(), PyDict_Copy(state.get()))) return nullptr;
+  if (!set(N->extensions.get(), PyDict_New())) return nullptr;
+  return scope.release();
+}
+
+std::unique_ptr<AsgiHandler> AsgiHandler::create(PyObject* app, PyObject* error_log,
+                                                 const std::vector<ListenerInfo>& listeners,
+                                                 const WsgiOptions& options) noexcept {
+  if (!init_names()) return nullptr;
+  std::unique_ptr<AsgiHandler> h(new AsgiHandler(error_log));
+  h->impl_ = std::make_unique<Impl>();
+  Impl& im = *h->impl_;
+  im.outer = h.get();
+  im.app = Ref::borrow(app);
+  im.root_path = options.root_path;
+  while (!im.root_path.empty() && im.root_path.back() == '/') im.root_path.pop_back();
+  im.root_path_str = Ref::steal(PyUnicode_DecodeUTF8(im.root_path.data(), Py_ssize_t(im.root_path.size()), "replace"));
+  if (!im.root_path_str) return nullptr;
+  for (const ListenerInfo& li : listeners) {
+    Ref t = li.is_unix ? Ref::borrow(Py_None)
+                       : Ref::steal(Py_BuildValue("(si)", li.server_name.c_str(), li.server_port));
+    if (!t) return nullptr;
+    im.server_tuples.push_back(std::move(t));
+  }
+  return h;
+}
+
+AsgiHandler::AsgiHandler(PyObject* error_log) noexcept : PyHandler(error_log) {}
+
+AsgiHandler::~AsgiHandler() = default;
+
+bool AsgiHandler::attach(PyObject* loop, PyObject* state) noexcept {
+  Impl& im = *impl_;
+  im.loop = Ref::borrow(loop);
+  im.state = state && state != Py_None ? Ref::borrow(state) : Ref();
+  im.create_future = Ref::steal(PyObject_GetAttr(loop, N->create_future.get()));
+  if (!im.create_future) return false;
+  // Python 3.12+: asyncio.Task(coro, loop=loop, eager_start=True) runs the coroutine up to its
+  // first real wait right away; earlier versions schedule it with loop.create_task().
+  Ref asyncio = Ref::steal(PyImport_ImportModule("asyncio"));
+  if (!asyncio) return false;
+#if PY_VERSION_HEX >= 0x030C0000
+  im.task_factory = Ref::steal(PyObject_GetAttrString(asyncio.get(), "Task"));
+  im.eager = true;
+#else
+  im.task_factory = Ref::steal(PyObject_GetAttrString(loop, "create_task"));
+  im.eager = false;
+#endif
+  return bool(im.task_factory);
+}
+
+void AsgiHandler::on_request(Exchange& ex) noexcept {
+  Impl& im = *impl_;
+  ex.detach();
+  auto* c = PyObject_New(CallObject, &CallType);
+  if (!c) {
+    log_exception("Out of memory starting an ASGI request");
+    ex.send_simple(500, "Internal Server Error\n", true);
+    return;
+  }
+  c->vectorcall = call_receive;
+  c->h = &im;
+  c->ex = &ex;
+  c->recv_future = c->send_future = c->task = nullptr;
+  c->started = c->complete = c->disconnected = c->request_done = false;
+  c->head = ex.request().method_id == http1::Method::kHead;
+  ex.app_state = c;  // the exchange holds this reference until detach()
+  Ref send;
+  if (auto* s = PyObject_New(SendObject, &SendType)) {
+    s->vectorcall = send_call;
+    Py_INCREF(c);
+    s->call = c;
+    send = Ref::steal(reinterpret_cast<PyObject*>(s));
+  }
+  Ref scope = send ? Ref::steal(im.build_scope(ex)) : Ref();
+  Ref coro;
+  if (scope) {
+    PyObject* args[5] = {im.app.get(), scope.get(), reinterpret_cast<PyObject*>(c), send.get(),
+                         reinterpret_cast<PyObject*>(c)};
+    coro = Ref::steal(PyObject_Vectorcall(N->run_helper.get(), args, 5, nullptr));
+  }
+  Ref task;
+  if (coro) {
+    Ref c_ref = Ref::borrow(reinterpret_cast<PyObject*>(c));  // the task may finish eagerly
+#if PY_VERSION_HEX >= 0x030C0000
+    Ref kw = Ref::steal(Py_BuildValue("{sOsO}", "loop", im.loop.get(), "eager_start", Py_True));
+    Ref a = Ref::steal(PyTuple_Pack(1, coro.get()));
+    if (kw && a) task = Ref::steal(PyObject_Call(im.task_factory.get(), a.get(), kw.get()));
+#else
+    task = Ref::steal(PyObject_CallOneArg(im.task_factory.get(), coro.get()));
+#endif
+    if (task && c->ex && !c->task) {
+      // Still running (not finished eagerly): keep it alive until it reports back.
+      c->task = task.release();
+    }
+    if (task || c->task) return;
+  }
+  // Could not even start the app: that is a server-side failure for this request.
+  log_exception("Exception in ASGI application");
+  if (c->ex) {
+    ex.send_simple(500, "Internal Server Error\n", true);
+    im.detach(c);
+  }
+}
+
+void AsgiHandler::on_resume(Exchange& ex) noexcept {
+  auto* c = static_cast<CallObject*>(ex.app_state);
+  if (c) impl_->resolve(&c->send_future, nullptr);
+}
+
+void AsgiHandler::on_body_ready(Exchange& ex) noexcept {
+  auto* c = static_cast<CallObject*>(ex.app_state);
+  if (!c || !c->recv_future) return;
+  Ref msg = Ref::steal(impl_->body_message(c));
+  if (!msg) {
+    log_exception("Error reading the request body");
+    msg = N->disconnect_msg;
+  }
+  impl_->resolve(&c->recv_future, msg.get());
+}
+
+void AsgiHandler::on_disconnect(Exchange& ex) noexcept {
+  auto* c = static_cast<CallObject*>(ex.app_state);
+  if (!c) return;
+  c->disconnected = true;
+  impl_->resolve(&c->recv_future, N->disconnect_msg.get());
+  impl_->resolve(&c->send_future, nullptr);
+}
+
+void AsgiHandler::on_abort(Exchange& ex) noexcept {
+  auto* c = static_cast<CallObject*>(ex.app_state);
+  if (!c) return;
+  c->disconnected = true;
+  impl_->detach(c);
+}
+
+bool asgi_init_types(PyObject* module) noexcept {
+  ReadyType.tp_name = "fulmen._core.Ready";
+  ReadyType.tp_basicsize = sizeof(ReadyObject);
+  ReadyType.tp_flags = Py_TPFLAGS_DEFAULT;
+  ReadyType.tp_dealloc = ready_dealloc;
+  ReadyType.tp_as_async = &ready_async;
+  ReadyType.tp_iter = PyObject_SelfIter;
+  ReadyType.tp_iternext = ready_next;
+  ReadyType.tp_doc = "An awaitable that is already complete";
+
+  CallType.tp_name = "fulmen._core.Receive";
+  CallType.tp_basicsize = sizeof(CallObject);
+  CallType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
+  CallType.tp_vectorcall_offset = offsetof(CallObject, vectorcall);
+  CallType.tp_call = PyVectorcall_Call;
+  CallType.tp_dealloc = call_dealloc;
+  CallType.tp_methods = call_methods;
+  CallType.tp_doc = "The receive() callable of one ASGI HTTP request";
+
+  SendType.tp_name = "fulmen._core.Send";
+  SendType.tp_basicsize = sizeof(SendObject);
+  SendType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
+  SendType.tp_vectorcall_offset = offsetof(SendObject, vectorcall);
+  SendType.tp_call = PyVectorcall_Call;
+  SendType.tp_dealloc = send_dealloc;
+  SendType.tp_doc = "The send() callable of one ASGI HTTP request";
+
+  if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&CallType) < 0 || PyType_Ready(&SendType) < 0)
+    return false;
+  auto* r = PyObject_New(ReadyObject, &ReadyType);
+  if (!r) return false;
+  r->value = nullptr;
+  ready_none = Ref::steal(reinterpret_cast<PyObject*>(r));
+  (void)module;
+  return true;
+}
+
+}  // namespace fulmen::bridge

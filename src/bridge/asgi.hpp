@@ -1,0 +1,48 @@
+// ASGI 3.0 HTTP on the engine, run on an asyncio (or uvloop) event loop in the loop's thread.
+//
+// The engine's epoll fd is watched with loop.add_reader and each readiness runs Server::step(0),
+// so there is no polling and no thread hop. A request becomes a scope dict and the app's
+// coroutine, started as an eager Task where the Python version has them (3.12+) so that a
+// request that needs no I/O wait completes inside the step that read it. receive() and send()
+// complete without a loop round-trip whenever the data or the socket buffer space is already
+// there; otherwise they return a future the engine resolves.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bridge/handler.hpp"
+#include "bridge/wsgi.hpp"
+
+namespace fulmen::bridge {
+
+// Registers the Python types (once, from module init). False with an error set.
+bool asgi_init_types(PyObject* module) noexcept;
+
+class AsgiHandler final : public PyHandler {
+ public:
+  // Null with a Python error set.
+  static std::unique_ptr<AsgiHandler> create(PyObject* app, PyObject* error_log,
+                                             const std::vector<ListenerInfo>& listeners,
+                                             const WsgiOptions& options) noexcept;
+  ~AsgiHandler() override;
+
+  // Binds the handler to a running loop and the lifespan state before serving. False with an
+  // error set.
+  bool attach(PyObject* loop, PyObject* state) noexcept;
+
+  void on_request(http1::Exchange& ex) noexcept override;
+  void on_resume(http1::Exchange& ex) noexcept override;
+  void on_abort(http1::Exchange& ex) noexcept override;
+  void on_body_ready(http1::Exchange& ex) noexcept override;
+  void on_disconnect(http1::Exchange& ex) noexcept override;
+
+  struct Impl;
+
+ private:
+  explicit AsgiHandler(PyObject* error_log) noexcept;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fulmen::bridge
