@@ -87,14 +87,15 @@ class _Reader:
 class Server:
     """A running `python -m fulmen` process."""
 
-    def __init__(self, command: list[str], env: dict[str, str | None] | None, pass_fds=()) -> None:
+    def __init__(self, command: list[str], env: dict[str, str | None] | None, pass_fds=(),
+                 ready: re.Pattern = LISTENING) -> None:
         self.command = command
         self.proc = subprocess.Popen(command, env=fulmen_env(env),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      pass_fds=pass_fds)
         self._stdout = _Reader(self.proc.stdout)
         self._stderr = _Reader(self.proc.stderr)
-        m = self._stderr.wait_for(LISTENING, READY_TIMEOUT)
+        m = self._stderr.wait_for(ready, READY_TIMEOUT)
         if m is None:
             self.kill()
             raise AssertionError(f"{' '.join(command)} did not start (exit code {self.proc.returncode}):\n"
@@ -215,6 +216,115 @@ def shared_server():
         if srv is None or srv.proc.poll() is not None:
             srv = Server([sys.executable, "-m", "fulmen", "--port", "0", *extra_args, app_spec], None)
             running[key] = srv
+        return srv
+
+    yield start
+    for srv in running.values():
+        srv.kill()
+
+
+# ---- ASGI: the server under test is selectable ---------------------------------------------------
+#
+# FULMEN_TEST_ASGI_SERVER=uvicorn runs the ASGI suites against Uvicorn (uvicorn[standard]:
+# httptools + uvloop), to check the tests' expectations against the reference server; the default
+# is fulmen. Options are given by meaning (root_path=, graceful_timeout=, ...) and spelled for
+# each server.
+
+ASGI_SERVER = os.environ.get("FULMEN_TEST_ASGI_SERVER", "fulmen").strip().lower() or "fulmen"
+if ASGI_SERVER not in ("fulmen", "uvicorn"):
+    raise pytest.UsageError(f"FULMEN_TEST_ASGI_SERVER={ASGI_SERVER!r}: expected 'fulmen' or 'uvicorn'")
+
+# `uvicorn --fd N`, except that Uvicorn wraps the inherited descriptor as AF_UNIX whatever it is
+# (socket.fromfd(fd, AF_UNIX, ...)), which garbles scope["client"] and scope["server"] for a TCP
+# socket; this shim lets the socket module read the real family from the descriptor.
+_UVICORN_SHIM = (
+    "import os, socket, sys\n"
+    "socket.fromfd = lambda fd, family=-1, type=-1, proto=-1: socket.socket(fileno=os.dup(fd))\n"
+    "from uvicorn.main import main\n"
+    "sys.argv[0] = 'uvicorn'\n"
+    "main()\n"
+)
+UVICORN_READY = re.compile(r"Uvicorn running on (.+) \(Press")
+
+
+def asgi_command(app_spec: str, *, root_path: str | None = None, graceful_timeout: float | None = None,
+                 timeout_keep_alive: float | None = None, access_log: bool = True,
+                 interface: str | None = "asgi", extra: tuple[str, ...] = (), fd: int | None = None) -> list[str]:
+    """The command line serving `app_spec` with the server under test (fd: the listening socket
+    Uvicorn inherits). interface=None leaves Fulmen's --interface to its default (auto)."""
+    if ASGI_SERVER == "uvicorn":
+        args = [sys.executable, "-c", _UVICORN_SHIM, "--fd", str(fd), "--app-dir", str(APPS)]
+        if graceful_timeout is not None:
+            args += ["--timeout-graceful-shutdown", str(graceful_timeout)]
+    else:
+        args = [sys.executable, "-m", "fulmen", "--port", "0"]
+        if interface is not None:
+            args += ["--interface", interface]
+        if graceful_timeout is not None:
+            args += ["--graceful-timeout", str(graceful_timeout)]
+    if root_path is not None:
+        args += ["--root-path", root_path]
+    if timeout_keep_alive is not None:
+        args += ["--timeout-keep-alive", str(timeout_keep_alive)]
+    if not access_log:
+        args.append("--no-access-log")
+    return [*args, *extra, app_spec]
+
+
+def start_asgi(app_spec: str, env: dict[str, str | None] | None = None, **options) -> Server:
+    """Starts the ASGI server under test on 127.0.0.1 and a free port; returns a ready Server
+    (.port, .url, .proc, .output as for fulmen)."""
+    if ASGI_SERVER == "fulmen":
+        return Server(asgi_command(app_spec, **options), env)
+    # Uvicorn cannot report the port it got for --port 0: bind here, hand the socket over with
+    # --fd, and close our copy once the child has it (so that after it exits, connecting is refused).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(2048)
+        port = sock.getsockname()[1]
+        srv = Server(asgi_command(app_spec, fd=sock.fileno(), **options), env, pass_fds=(sock.fileno(),),
+                     ready=UVICORN_READY)
+    finally:
+        sock.close()
+    srv.port = port
+    srv.url = f"http://127.0.0.1:{port}"
+    return srv
+
+
+@pytest.fixture(scope="session")
+def asgi_kind() -> str:
+    """"fulmen" or "uvicorn": which server the ASGI suites run against."""
+    return ASGI_SERVER
+
+
+@pytest.fixture
+def asgi_server():
+    """Factory: asgi_server("asgi_probe:app", root_path=..., graceful_timeout=..., env={...})
+    starts the ASGI server under test and returns a ready Server; all are killed at test end."""
+    started: list[Server] = []
+
+    def start(app_spec: str, env: dict[str, str | None] | None = None, **options) -> Server:
+        srv = start_asgi(app_spec, env, **options)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_asgi_server():
+    """Like asgi_server, but one process per distinct set of options for the whole module."""
+    running: dict[tuple, Server] = {}
+
+    def start(app_spec: str, **options) -> Server:
+        key = (app_spec, *sorted(options.items()))
+        srv = running.get(key)
+        if srv is None or srv.proc.poll() is not None:
+            srv = running[key] = start_asgi(app_spec, **options)
         return srv
 
     yield start
