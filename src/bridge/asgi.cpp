@@ -166,6 +166,9 @@ struct AsgiHandler::Impl {
   std::string root_path;
   Ref root_path_str, root_path_bytes;
   std::string scratch;
+  PyObject* fatal_type = nullptr;  // owned: KeyboardInterrupt/SystemExit escaping a task start
+  PyObject* fatal_value = nullptr;
+  PyObject* fatal_tb = nullptr;
 
   PyObject* build_scope(Exchange& ex) noexcept;
   PyObject* body_message(CallObject* c) noexcept;  // new ref or null (error set)
@@ -589,7 +592,32 @@ std::unique_ptr<AsgiHandler> AsgiHandler::create(PyObject* app, PyObject* error_
 
 AsgiHandler::AsgiHandler(PyObject* error_log) noexcept : PyHandler(error_log) {}
 
-AsgiHandler::~AsgiHandler() = default;
+AsgiHandler::~AsgiHandler() {
+  if (impl_) {
+    Py_XDECREF(impl_->fatal_type);
+    Py_XDECREF(impl_->fatal_value);
+    Py_XDECREF(impl_->fatal_tb);
+  }
+}
+
+void AsgiHandler::set_fatal() noexcept {
+  Impl& im = *impl_;
+  if (!im.fatal_type) {
+    PyErr_Fetch(&im.fatal_type, &im.fatal_value, &im.fatal_tb);
+    PyErr_NormalizeException(&im.fatal_type, &im.fatal_value, &im.fatal_tb);
+  } else {
+    PyErr_Clear();
+  }
+  if (stop_) stop_();
+}
+
+void AsgiHandler::take_fatal(PyObject** type, PyObject** value, PyObject** tb) noexcept {
+  Impl& im = *impl_;
+  *type = im.fatal_type;
+  *value = im.fatal_value;
+  *tb = im.fatal_tb;
+  im.fatal_type = im.fatal_value = im.fatal_tb = nullptr;
+}
 
 bool AsgiHandler::attach(PyObject* loop, PyObject* state) noexcept {
   Impl& im = *impl_;
@@ -657,8 +685,13 @@ void AsgiHandler::on_request(Exchange& ex) noexcept {
     }
     if (task || c->task) return;
   }
-  // Could not even start the app: that is a server-side failure for this request.
-  log_exception("Exception in ASGI application");
+  // Could not even start the app. An eager task re-raises KeyboardInterrupt/SystemExit from its
+  // first step right here: that stops the server (serve_asyncio's future raises it).
+  if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
+    set_fatal();
+  } else {
+    log_exception("Exception in ASGI application");
+  }
   if (c->ex) {
     ex.send_simple(500, "Internal Server Error\n", true);
     im.detach(c);

@@ -374,8 +374,13 @@ void finish_asyncio(State* s) {
   s->step_fn.reset();  // breaks the server <-> step() reference cycle
   s->done_future.reset();
   s->running = false;
+  PyObject *t = nullptr, *v = nullptr, *tb = nullptr;
+  s->handler->take_fatal(&t, &v, &tb);
+  Ref type = Ref::steal(t), value = Ref::steal(v), trace = Ref::steal(tb);
   if (done) {
-    Ref res = Ref::steal(PyObject_CallMethod(done.get(), "set_result", "O", Py_None));
+    // A KeyboardInterrupt/SystemExit from the app ends serving with that exception.
+    Ref res = value ? Ref::steal(PyObject_CallMethod(done.get(), "set_exception", "O", value.get()))
+                    : Ref::steal(PyObject_CallMethod(done.get(), "set_result", "O", Py_None));
     if (!res) PyErr_Clear();
   }
 }
