@@ -1,4 +1,4 @@
-"""Fulmen: a C++20 HTTP server for Python WSGI applications.
+"""Fulmen: a C++20 HTTP server for Python WSGI and ASGI applications.
 
 Importing this package stays cheap (no native engine, no sockets) so that `fulmen --help` and
 `fulmen --version` answer instantly; the engine is imported only when a server starts.
@@ -16,8 +16,10 @@ class FulmenError(Exception):
     """A problem the user can fix (bad option, app that does not import, busy port...).
 
     str(error) is one line; `detail` is extra text to show before it (e.g. the traceback of an
-    exception raised by the user's own code), or "".
+    exception raised by the user's own code), or "". `exit_code` is what the command exits with.
     """
+
+    exit_code = 1
 
     def __init__(self, message: str, detail: str = "") -> None:
         super().__init__(message)
@@ -25,7 +27,7 @@ class FulmenError(Exception):
 
 
 def run(app: Callable[..., Any] | str, **options: Any) -> None:
-    """Serve `app` (a WSGI callable or a "module:attr" string) until SIGINT/SIGTERM.
+    """Serve `app` (a WSGI or ASGI callable, or a "module:attr" string) until SIGINT/SIGTERM.
 
     `options` are the command-line options with underscores (port=0, threads=4,
     access_log=False, ...). Environment variables are not read: the caller says what it wants.

@@ -41,7 +41,7 @@ def load_app(app: Callable[..., Any] | str, *, factory: bool = False, app_dir: s
         if not callable(app):
             raise FulmenError(f"the factory {name} returned {_kind(app)}, which is not a callable application")
     elif not callable(app):
-        raise FulmenError(f"{name} is not callable (it is {_kind(app)}); APP must name the WSGI application"
+        raise FulmenError(f"{name} is not callable (it is {_kind(app)}); APP must name the application"
                           " (or a factory, with --factory)")
     return app
 

@@ -10,7 +10,8 @@ from fulmen import FulmenError, config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit code (0, or 1 for a problem the user can fix)."""
+    """Run the command; returns the exit code: 0, 1 for a problem the user can fix, 3 when the
+    ASGI app's lifespan startup failed (as Uvicorn)."""
     try:
         cfg = config.parse_args(argv, os.environ)
         from fulmen import server  # not needed for --help/--version or option errors
@@ -20,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.detail:
             sys.stderr.write(exc.detail if exc.detail.endswith("\n") else exc.detail + "\n")
         print(f"Error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:  # Ctrl-C before the server's own handlers were installed
         return 130
     return 0

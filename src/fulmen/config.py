@@ -17,6 +17,8 @@ from fulmen import FulmenError, __version__
 ENV_PREFIX = "FULMEN_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 INTERFACES = ("auto", "wsgi", "asgi")
+LOOPS = ("auto", "asyncio", "uvloop")
+LIFESPANS = ("auto", "on", "off")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -47,17 +49,21 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("app", str, None, 'the WSGI application, as "module:attribute" (e.g. "myproject.wsgi:application")',
+    Option("app", str, None, 'the WSGI or ASGI application, as "module:attribute" (e.g. "myproject.asgi:application")',
            metavar="APP", positional=True),
     Option("host", str, "127.0.0.1", "bind to this address (0.0.0.0 for all IPv4 interfaces, :: for IPv6)"),
     Option("port", int, 8000, "bind to this TCP port; 0 picks a free port", min=0, max=65535),
     Option("uds", str, None, "bind to this Unix domain socket path instead of --host/--port", metavar="PATH"),
     Option("fd", int, None, "serve on this already-listening inherited socket instead of binding",
            metavar="N", min=0),
-    Option("interface", str, "auto", "application interface; only wsgi is served in this version",
+    Option("interface", str, "auto", "application interface; auto tells WSGI from ASGI 3 and ASGI 2 apps",
            choices=INTERFACES),
-    Option("threads", int, 1, "threads running the app; 1 runs it on the event loop thread (fastest)",
-           metavar="N", min=1),
+    Option("loop", str, "auto", "ASGI only: the asyncio event loop; auto uses uvloop when it is installed",
+           choices=LOOPS),
+    Option("lifespan", str, "auto", "ASGI only: run the lifespan protocol (startup/shutdown); auto goes on "
+           "without it if the app does not support it, on makes a startup failure fatal", choices=LIFESPANS),
+    Option("threads", int, 1, "WSGI only: threads running the app; 1 runs it on the event loop thread "
+           "(fastest); ignored, with a warning, for ASGI apps, which run on the event loop", metavar="N", min=1),
     Option("root_path", str, "", "SCRIPT_NAME prefix the app is mounted under (behind a proxy)",
            metavar="PATH"),
     Option("app_dir", str, ".", "directory put first on sys.path before importing APP", metavar="DIR"),
@@ -135,7 +141,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fulmen",
-        description="Serve a Python WSGI application with Fulmen's C++ HTTP engine.",
+        description="Serve a Python WSGI or ASGI application with Fulmen's C++ HTTP engine.",
         epilog="Every option can also be set with an environment variable (shown as [env: ...]); "
         "the command line wins over the environment.",
     )

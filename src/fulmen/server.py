@@ -64,39 +64,62 @@ def _load_core() -> Any:
 
 def serve(cfg: dict[str, Any]) -> None:
     """Serve until SIGINT/SIGTERM (or until the engine stops). Raises FulmenError."""
-    if cfg["interface"] == "asgi":  # refuse before running the user's import-time code
-        raise FulmenError("--interface asgi: this version of Fulmen serves only WSGI apps (ASGI support is coming)")
     configure_logging(cfg["log_level"], cfg["access_log"])
     app = _importer.load_app(cfg["app"], factory=cfg["factory"], app_dir=cfg["app_dir"])
-    if cfg["interface"] == "auto" and _importer.detect_interface(app) != "wsgi":
-        raise FulmenError(f"{_app_name(cfg['app'])} is an ASGI application; this version of Fulmen serves "
-                          "only WSGI apps (ASGI support is coming)")
+    kind = interface_of(cfg, app)
+    if kind != "wsgi":
+        from fulmen import _asgi
+
+        loop_factory = _asgi.loop_factory(cfg["loop"])  # a missing uvloop is an error before binding
+        if kind == "asgi2":
+            app = _asgi.ASGI2App(app)
 
     listener = _sockets.bind(cfg)
     try:
-        core = _load_core()
-        server = core.Server(
-            app,
-            [listener.engine_tuple()],
-            error_log=_log_engine_error,
-            threads=cfg["threads"],
-            root_path=cfg["root_path"],
-            access_log_fd=1 if cfg["access_log"] else -1,
-            timeout_keep_alive=float(cfg["timeout_keep_alive"]),
-            limit_request_line=cfg["limit_request_line"] or NO_LIMIT,
-            limit_request_fields=cfg["limit_request_fields"] or MAX_HEADER_FIELDS,
-            limit_request_field_size=cfg["limit_request_field_size"] or NO_LIMIT,
-            limit_request_body=cfg["limit_request_body"],
-            graceful_timeout=float(cfg["graceful_timeout"]),
-        )
-        error_log.info("Starting Fulmen %s (WSGI, %d thread%s)", __version__, cfg["threads"],
-                       "" if cfg["threads"] == 1 else "s")
-        error_log.info("Listening on %s", listener.url)
-        sys.stdout.flush()  # the engine writes access lines to fd 1 directly
-        _run_with_signals(server, cfg["graceful_timeout"])
+        if kind == "wsgi":
+            _serve_wsgi(cfg, app, listener)
+        else:
+            _asgi.serve_asgi(cfg, app, listener, loop_factory)
     finally:
         listener.close()
     error_log.info("Finished")
+
+
+def _serve_wsgi(cfg: dict[str, Any], app: Any, listener: _sockets.Listener) -> None:
+    core = _load_core()
+    server = core.Server(app, [listener.engine_tuple()], threads=cfg["threads"], **engine_options(cfg))
+    error_log.info("Starting Fulmen %s (WSGI, %d thread%s)", __version__, cfg["threads"],
+                   "" if cfg["threads"] == 1 else "s")
+    error_log.info("Listening on %s", listener.url)
+    sys.stdout.flush()  # the engine writes access lines to fd 1 directly
+    _run_with_signals(server, cfg["graceful_timeout"])
+
+
+def interface_of(cfg: dict[str, Any], app: Any) -> str:
+    """'wsgi', 'asgi3' or 'asgi2': what to serve `app` as, given --interface."""
+    if cfg["interface"] == "wsgi":
+        return "wsgi"
+    detected = _importer.detect_interface(app)
+    if cfg["interface"] == "asgi" and detected == "wsgi":
+        error_log.warning("--interface asgi: %s does not look like an ASGI application (it is not a "
+                          "coroutine function); serving it as ASGI 3 anyway", _app_name(cfg["app"]))
+        return "asgi3"
+    return detected
+
+
+def engine_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The core.Server keyword arguments both interfaces share."""
+    return dict(
+        error_log=_log_engine_error,
+        root_path=cfg["root_path"],
+        access_log_fd=1 if cfg["access_log"] else -1,
+        timeout_keep_alive=float(cfg["timeout_keep_alive"]),
+        limit_request_line=cfg["limit_request_line"] or NO_LIMIT,
+        limit_request_fields=cfg["limit_request_fields"] or MAX_HEADER_FIELDS,
+        limit_request_field_size=cfg["limit_request_field_size"] or NO_LIMIT,
+        limit_request_body=cfg["limit_request_body"],
+        graceful_timeout=float(cfg["graceful_timeout"]),
+    )
 
 
 def _run_with_signals(server: Any, graceful_timeout: float) -> None:

@@ -18,12 +18,24 @@ from pathlib import Path
 
 import pytest
 
-from conftest import APPS, run_fulmen
+from conftest import APPS, fulmen_env, run_fulmen
 
 import fulmen
 from fulmen import config
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _engine_serves_asgi() -> bool:
+    try:
+        from fulmen import _core
+    except ImportError:
+        return False
+    return hasattr(_core.Server, "serve_asyncio")
+
+
+needs_asgi_engine = pytest.mark.skipif(
+    not _engine_serves_asgi(), reason="fulmen._core.Server has no serve_asyncio: the ASGI bridge is not built yet")
 
 
 def assert_error(result: subprocess.CompletedProcess, *expected: str, traceback: bool = False) -> str:
@@ -101,6 +113,10 @@ def test_console_script_is_the_same_command():
         (["--backlog", "-5"], {}, ["--backlog -5", "at least 1"]),
         (["--log-level", "loud"], {}, ["--log-level loud", "critical, error, warning, info, debug, trace"]),
         (["--interface", "cgi"], {}, ["--interface cgi", "auto, wsgi, asgi"]),
+        (["--loop", "tokio"], {}, ["--loop tokio", "auto, asyncio, uvloop"]),
+        (["--lifespan", "maybe"], {}, ["--lifespan maybe", "auto, on, off"]),
+        ([], {"FULMEN_LOOP": "trio"}, ["FULMEN_LOOP=trio", "auto, asyncio, uvloop"]),
+        ([], {"FULMEN_LIFESPAN": "ON"}, ["FULMEN_LIFESPAN=ON", "auto, on, off"]),
         (["--limit-request-line", "9000"], {}, ["--limit-request-line 9000", "between 0 and 8190"]),
         (["--limit-request-fields", "40000"], {}, ["--limit-request-fields 40000", "between 0 and 32768"]),
         (["--limit-request-body", "-1"], {}, ["--limit-request-body -1", "at least 0"]),
@@ -216,9 +232,14 @@ def test_factory_errors():
     assert_error(run_fulmen("--factory", "factory:returns_not_callable"), "returned an int")
 
 
+@needs_asgi_engine
 @pytest.mark.parametrize("spec", ["asgi_app:app", "asgi_app:App2", "asgi_app:instance", "asgi_app:partial"])
-def test_asgi_app_is_detected_and_refused(spec):
-    assert_error(run_fulmen(spec), f"{spec} is an ASGI application", "only WSGI", "ASGI support is coming")
+def test_asgi_app_is_detected_and_served(server, spec):
+    srv = server(spec)
+    assert "(ASGI, " in srv.output
+    assert srv.request()[:3:2] == (200, b"asgi")
+    assert srv.stop() == 0
+    assert "Finished" in srv.output
 
 
 def test_interface_detection():
@@ -253,8 +274,58 @@ def test_interface_detection():
     assert detect_interface(functools.wraps(asgi_app.app)(wsgi_wrapper)) == "wsgi"  # wrapped, but sync
 
 
-def test_interface_asgi_is_refused():
-    assert_error(run_fulmen("--interface", "asgi", "hello:app"), "--interface asgi", "only WSGI")
+@needs_asgi_engine
+def test_interface_asgi_forces_asgi(server):
+    srv = server("asgi_app:app", "--interface", "asgi")
+    assert srv.request()[2] == b"asgi"
+    # A WSGI app served as ASGI fails per request; the log says why it was tried.
+    srv = server("hello:app", "--interface", "asgi")
+    assert "--interface asgi: hello:app does not look like an ASGI application" in srv.output
+    assert srv.request()[0] == 500
+
+
+def test_interface_wsgi_forces_wsgi(server):
+    srv = server("asgi_app:app", "--interface", "wsgi")
+    assert "(WSGI, " in srv.output
+    assert srv.request()[0] == 500  # a coroutine function called as WSGI returns no iterable
+
+
+def test_loop_uvloop_not_installed():
+    code = ("import sys; sys.modules['uvloop'] = None  # as if not installed\n"
+            "from fulmen.cli import main; sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", code, "--port", "0", "--loop", "uvloop", "asgi_app:app"],
+                            capture_output=True, text=True, timeout=30, env=fulmen_env())
+    assert_error(result, "--loop uvloop: uvloop is not installed", "--loop asyncio")
+    # auto falls back to asyncio (shown in the start-up line) instead of failing.
+    if _engine_serves_asgi():
+        proc = subprocess.Popen([sys.executable, "-c", code, "--port", "0", "asgi_app:app"], env=fulmen_env(),
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            for line in proc.stderr:
+                if "Starting Fulmen" in line:
+                    assert "(ASGI, asyncio)" in line, line
+                    break
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+@needs_asgi_engine
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop", "auto"])
+def test_both_loops_serve(server, loop):
+    if loop != "asyncio":
+        pytest.importorskip("uvloop")
+    srv = server("asgi_app:app", "--loop", loop)
+    assert f"(ASGI, {'uvloop' if loop == 'auto' else loop})" in srv.output
+    assert srv.request()[2] == b"asgi"
+    assert srv.stop() == 0
+
+
+@needs_asgi_engine
+def test_threads_do_not_apply_to_asgi(server):
+    srv = server("asgi_app:app", "--threads", "4")
+    assert "--threads 4 is ignored: ASGI apps run on the event loop" in srv.output
+    assert srv.request()[2] == b"asgi"
 
 
 # --- binding ------------------------------------------------------------------------------------
