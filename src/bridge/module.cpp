@@ -215,6 +215,7 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
     return -1;
   }
   cfg.threads = threads;
+  cfg.prefetch_body = !asgi;
   cfg.access_log_fd = access_log_fd;
   cfg.keep_alive_ms = to_ms(keep_alive);
   cfg.header_timeout_ms = to_ms(header_timeout);

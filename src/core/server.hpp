@@ -47,6 +47,9 @@ struct ServerConfig {
   // On stop, a watchdog thread ends the process (_exit) if run() has not returned this long after
   // the graceful timeout: an app stuck on the loop thread cannot be interrupted any other way.
   bool exit_watchdog = true;
+  // Read a body that fits in the input buffer before calling the app (inline, blocking apps:
+  // WSGI). Asynchronous apps are called as soon as the head is in, as Uvicorn does.
+  bool prefetch_body = true;
 };
 
 // Called around waits that block the calling thread (body reads, write stalls in pool threads).

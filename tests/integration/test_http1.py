@@ -734,7 +734,9 @@ def test_new_connections_are_not_served_during_graceful_shutdown(server, tmp_pat
     assert wait_until(state.exists)
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.wait_for_log("Shutting down")
-    # A client arriving now must not be left waiting: refused, or closed without an answer.
+    # A client arriving now must not be left waiting: refused, closed without an answer, or (if
+    # its connection completed before the engine processed the stop: the log line comes first)
+    # answered at once with Connection: close.
     start = time.monotonic()
     try:
         late = connect(srv.port, timeout=10)
@@ -747,7 +749,8 @@ def test_new_connections_are_not_served_during_graceful_shutdown(server, tmp_pat
                 data = Reader(late).read_until_eof(timeout=10)
             except ConnectionResetError:
                 data = b""
-            assert data == b""
+            if data:
+                assert data.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close\r\n" in data, data
             assert time.monotonic() - start < 1.5, "the late connection waited for the slow request"
     assert Reader(slow).read_response().status == 200
     slow.close()

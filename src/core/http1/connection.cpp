@@ -381,7 +381,8 @@ Connection::Step Connection::step_read_head() noexcept {
 // one until a probe decoder sees its end. Not for 100-continue (the client waits for our go-ahead);
 // bodies larger than the buffer are streamed to the app as usual.
 bool Connection::wants_body_first() noexcept {
-  if (server_->config().threads > 1 || req_.expect_continue) return false;
+  if (!server_->config().prefetch_body || server_->config().threads > 1 || req_.expect_continue)
+    return false;
   if (req_.body == BodyKind::kChunked) {
     probe_.reset();
     probe_pos_ = head_len_;
@@ -1056,6 +1057,9 @@ void Connection::send_simple(int status, std::string_view body, bool close) noex
   if (server_->config().access_log_fd >= 0) log_access();
   if (blocking_ && !failed_) flush_blocking();
   if (!failed_) after_response();
+  detached_ = false;
+  want_body_ = false;
+  if (!blocking_) kick();  // an async app's error path runs outside drive(): send it now
 }
 
 void Connection::write_simple(int status, std::string_view body) noexcept {
