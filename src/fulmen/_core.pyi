@@ -10,7 +10,8 @@ class Server:
     listeners: (fd, server_name, server_port, is_unix) per socket. The sockets must be bound and
       listening; the engine makes them non-blocking and accepts on them. server_name/server_port
       become SERVER_NAME/SERVER_PORT in the WSGI environ for requests on that socket.
-    app: the WSGI callable.
+    app: the WSGI callable, or with interface="asgi" an ASGI 3 callable (served by
+      serve_asyncio(), not run()).
     threads: 1 runs the app on the loop thread (fastest); N > 1 runs it in N Python threads.
     access_log_fd: file descriptor the engine writes access-log lines to, -1 for none.
     error_log: called as error_log(message: str, exc: BaseException | None) for app errors and
@@ -35,7 +36,14 @@ class Server:
         limit_request_field_size: int = 8190,
         limit_request_body: int = 0,
         graceful_timeout: float = 30.0,
+        interface: str = "wsgi",
     ) -> None: ...
+    def serve_asyncio(self, loop: Any, state: dict[str, Any] | None = None) -> Any:
+        """interface="asgi" only: serve on a running asyncio/uvloop loop (the engine's epoll fd is
+        watched with loop.add_reader). Call from a coroutine on that loop. Returns a future that
+        resolves once serving stopped (after stop() and the graceful shutdown); it raises OSError if
+        the server could not start, or the KeyboardInterrupt/SystemExit an app raised. Each
+        request's scope["state"] is a shallow copy of `state`."""
     @property
     def wakeup_fd(self) -> int:
         """Write end of the loop's wake pipe: pass it to signal.set_wakeup_fd() so a signal

@@ -1,4 +1,4 @@
-"""ASGI apps, which this version of Fulmen must refuse with a clear message."""
+"""The forms an ASGI app can take (ASGI 3 function, class, partial; ASGI 2 class): each must be detected and served."""
 
 import functools
 
