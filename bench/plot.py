@@ -2,8 +2,8 @@
 
     .venv-bench/bin/python bench/plot.py bench/results/<timestamp>.json docs/bench-latest.png
 
-Two panels of grouped bars, one group per scenario and one bar per server: median req/s (higher is
-better) and median server CPU µs per request (lower is better).
+Two panels of grouped bars per suite (WSGI, ASGI), one group per scenario and one bar per server:
+median req/s (higher is better) and median server CPU µs per request (lower is better).
 """
 
 import json
@@ -18,30 +18,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 def main(src: str, dst: str) -> None:
     data = json.load(open(src))
     rows = data["summary"]
-    scenarios = data["scenarios"]
-    servers = [s for s in data["servers"] if any(r["server"] == s for r in rows)]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    width = 0.8 / max(len(servers), 1)
-    panels = [("rps", "requests/s (median; higher is better)", 1.0),
-              ("cpu_us_per_req", "server CPU µs per request (median; lower is better)", 1.0)]
-    for ax, (key, title, scale) in zip(axes, panels):
-        for i, server in enumerate(servers):
-            vals = []
-            for sc in scenarios:
-                r = next((r for r in rows if r["server"] == server and r["scenario"] == sc), None)
-                vals.append((r[key] or 0) * scale if r and r.get(key) else 0)
-            xs = [j + (i - (len(servers) - 1) / 2) * width for j in range(len(scenarios))]
-            bars = ax.bar(xs, vals, width, label=server)
-            for b, v in zip(bars, vals):
-                if v:
-                    label = f"{v / 1000:.0f}k" if key == "rps" and v >= 1000 else f"{v:.0f}"
-                    ax.annotate(label, (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom",
-                                fontsize=6, xytext=(0, 1), textcoords="offset points")
-        ax.set_xticks(range(len(scenarios)), scenarios)
-        ax.set_title(title, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-    axes[0].legend(fontsize=8)
+    # one row of panels per suite (wsgi, asgi), each with the servers that ran in it; older result
+    # files have no "suites": one row then
+    suites = data.get("suites") or {"": data["scenarios"]}
+    suites = {k: v for k, v in suites.items() if v}
+    fig, axes = plt.subplots(len(suites), 2, figsize=(13, 4.8 * len(suites)), squeeze=False)
+    panels = [("rps", "requests/s (median; higher is better)"),
+              ("cpu_us_per_req", "server CPU µs per request (median; lower is better)")]
+    for (suite, scenarios), ax_row in zip(suites.items(), axes):
+        servers = [s for s in data["servers"] if any(r["server"] == s and r["scenario"] in scenarios for r in rows)]
+        width = 0.8 / max(len(servers), 1)
+        for ax, (key, title) in zip(ax_row, panels):
+            for i, server in enumerate(servers):
+                vals = []
+                for sc in scenarios:
+                    r = next((r for r in rows if r["server"] == server and r["scenario"] == sc), None)
+                    vals.append(r[key] if r and r.get(key) else 0)
+                xs = [j + (i - (len(servers) - 1) / 2) * width for j in range(len(scenarios))]
+                bars = ax.bar(xs, vals, width, label=server)
+                for b, v in zip(bars, vals):
+                    if v:
+                        label = f"{v / 1000:.0f}k" if key == "rps" and v >= 1000 else f"{v:.0f}"
+                        ax.annotate(label, (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom",
+                                    fontsize=6, xytext=(0, 1), textcoords="offset points")
+            ax.set_xticks(range(len(scenarios)), scenarios, fontsize=8)
+            ax.set_title(f"{suite.upper()}: {title}" if suite else title, fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_axisbelow(True)
+        ax_row[0].legend(fontsize=8)
     m = data["machine"]
     fig.suptitle(f"{data['started']} · {m['nproc']} CPUs, {m['cpu_model']} · server on CPU 0, wrk on CPU 1 · "
                  f"1 worker each", fontsize=9)

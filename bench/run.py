@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
 """Fulmen benchmark harness (`make bench`, or `python3 bench/run.py --help`).
 
-Compares Fulmen with gunicorn (sync, gthread), granian, uWSGI and nginx (as a ceiling) on the same
-WSGI apps (bench/apps/), one worker each, server pinned to CPU 0 and wrk to CPU 1. Servers and
-scenarios are interleaved over several rounds and the median per (server, scenario) is reported,
-together with the server's CPU time per request (from /proc, summed over its process tree) and its
-peak RSS. See docs/benchmarks.md for the method and the latest numbers.
+Two suites, selected with --suite wsgi|asgi|all (default all):
+- wsgi: Fulmen against gunicorn (sync, gthread), granian, uWSGI and nginx (as a ceiling);
+- asgi: Fulmen (uvloop and asyncio loops) against Uvicorn (uvloop + httptools), granian
+  --interface asgi, Hypercorn, gunicorn with the Uvicorn worker, and nginx for hello.
+Same apps for every server (bench/apps/), one worker each, server pinned to CPU 0 and wrk to CPU 1.
+Servers and scenarios are interleaved over several rounds and the median per (server, scenario) is
+reported, together with the server's CPU time per request (from /proc, summed over its process
+tree) and its peak RSS. Ratios are relative to Fulmen's run of the same scenario. See
+docs/benchmarks.md for the method and the latest numbers.
 
 The harness itself uses only the standard library; the plot (--write-docs) is drawn by
 bench/plot.py in .venv-bench, where matplotlib is installed with the peer servers.
 
 --alloc-check runs each selected server under bench/malloc_count.c (LD_PRELOAD) and reports
 malloc-family calls per request in steady state.
+
+--idle-check starts each server (of the asgi suite by default), makes one request, leaves it idle
+for 10 s and reports the CPU time and the wake-ups (voluntary context switches) it used meanwhile.
 """
 
 from __future__ import annotations
@@ -73,7 +80,11 @@ class Scenario:
     body_bytes: int
     depth: int  # pipelining depth (1 = none)
     description: str
+    suite: str = "wsgi"
+    expect: bytes | None = HELLO_BODY  # response body the sanity check wants; None: the request body
 
+
+STREAM_BODY = b"x" * (16 * 1024)  # bench/apps/asgi_stream.py: 16 chunks of 1 KiB
 
 SCENARIOS = {
     s.name: s
@@ -83,12 +94,42 @@ SCENARIOS = {
         Scenario("hello-pipe16", "wsgi_hello", "pipeline.lua", ("16",), "GET", 0, 16,
                  "same request, HTTP/1.1 pipelining, 16 requests per write"),
         Scenario("echo-16k", "wsgi_echo", "echo.lua", (), "POST", ECHO_BODY_BYTES, 1,
-                 "POST with a 16 KiB body, the app reads wsgi.input and echoes it"),
+                 "POST with a 16 KiB body, the app reads wsgi.input and echoes it", expect=None),
         Scenario("echo-16k-pipe16", "wsgi_echo", "pipeline.lua", ("16", str(ECHO_BODY_BYTES)), "POST",
-                 ECHO_BODY_BYTES, 16, "16 KiB echo, pipelined 16 deep (optional)"),
+                 ECHO_BODY_BYTES, 16, "16 KiB echo, pipelined 16 deep (optional)", expect=None),
+        Scenario("asgi-hello", "asgi_hello", None, (), "GET", 0, 1,
+                 "ASGI: GET /, 13-byte text/plain response with Content-Length, keep-alive", suite="asgi"),
+        Scenario("asgi-hello-pipe16", "asgi_hello", "pipeline.lua", ("16",), "GET", 0, 16,
+                 "ASGI: same request, HTTP/1.1 pipelining, 16 requests per write", suite="asgi"),
+        Scenario("asgi-echo-16k", "asgi_echo", "echo.lua", (), "POST", ECHO_BODY_BYTES, 1,
+                 "ASGI: POST with a 16 KiB body, the app reads it with receive() and echoes it",
+                 suite="asgi", expect=None),
+        Scenario("asgi-stream", "asgi_stream", None, (), "GET", 0, 1,
+                 "ASGI: GET /, streamed response: 16 send()s of 1 KiB with more_body, no Content-Length "
+                 "(chunked)", suite="asgi", expect=STREAM_BODY),
+        Scenario("fastapi-hello", "fastapi_hello", None, (), "GET", 0, 1,
+                 "ASGI: FastAPI route returning the 13-byte text as a PlainTextResponse", suite="asgi"),
     ]
 }
-DEFAULT_SCENARIOS = ["hello", "hello-pipe16", "echo-16k"]
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    scenarios: tuple[str, ...]  # the default ones
+    duration: int  # measured seconds per run, unless --duration
+    warmup: int  # warm-up seconds per run, unless --warmup
+
+
+# The ASGI suite has more servers x scenarios than the WSGI one; its runs are shorter so that the
+# full default run (both suites, 3 rounds) stays under ~25 minutes on a 2-core machine.
+SUITES = {
+    "wsgi": Suite("wsgi", ("hello", "hello-pipe16", "echo-16k"), 8, 2),
+    "asgi": Suite("asgi", ("asgi-hello", "asgi-hello-pipe16", "asgi-echo-16k", "asgi-stream", "fastapi-hello"), 5, 1),
+}
+DEFAULT_SCENARIOS = [sc for su in SUITES.values() for sc in su.scenarios]
+WSGI_APPS = ("wsgi_hello", "wsgi_echo")
+ASGI_APPS = ("asgi_hello", "asgi_echo", "asgi_stream", "fastapi_hello")
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,7 +140,7 @@ DEFAULT_SCENARIOS = ["hello", "hello-pipe16", "echo-16k"]
 class Server:
     name: str
     description: str
-    apps: tuple[str, ...] = ("wsgi_hello", "wsgi_echo")  # which apps it can serve
+    apps: tuple[str, ...] = WSGI_APPS  # which apps it can serve
     stop_signal: int = signal.SIGTERM
 
     def command(self, ctx: "Context", app: str, port: int, workdir: Path) -> list[str]:
@@ -109,9 +150,19 @@ class Server:
         """None if runnable, else the reason it is not."""
         return None
 
+    def app_unavailable(self, ctx: "Context", app: str) -> str | None:
+        """None if it can serve this app here, else why not (e.g. an older Fulmen without ASGI)."""
+        return None
+
+
+def is_asgi(app: str) -> bool:
+    return app in ASGI_APPS
+
 
 class Fulmen(Server):
     extra: tuple[str, ...] = ()  # fixed options of this variant (e.g. a thread pool)
+    loop = "uvloop"  # for ASGI apps
+    _help: str | None = None
 
     def base(self, ctx):
         return shlex.split(ctx.args.fulmen_cmd) if ctx.args.fulmen_cmd else [str(ROOT / ".venv" / "bin" / "fulmen")]
@@ -122,15 +173,34 @@ class Fulmen(Server):
             return f"{exe} not found (build it with `make build`, or pass --fulmen-cmd)"
         return None
 
+    def app_unavailable(self, ctx, app):
+        if not is_asgi(app):
+            return None
+        if Fulmen._help is None:
+            try:
+                p = subprocess.run(self.base(ctx) + ["--help"], capture_output=True, text=True, timeout=30)
+                Fulmen._help = p.stdout + p.stderr
+            except Exception as e:  # noqa: BLE001
+                Fulmen._help = f"({e})"
+        if "--loop" not in Fulmen._help:
+            return "this fulmen's CLI has no --loop: it does not serve ASGI apps yet"
+        return None
+
     def command(self, ctx, app, port, workdir):
+        extra = self.extra if not is_asgi(app) else ("--loop", self.loop)
         return self.base(ctx) + ["--host", HOST, "--port", str(port), "--no-access-log",
-                                 "--app-dir", str(APPS_DIR), *self.extra] + shlex.split(ctx.args.fulmen_args) + [f"{app}:app"]
+                                 "--app-dir", str(APPS_DIR), *extra] + shlex.split(ctx.args.fulmen_args) + [f"{app}:app"]
 
 
 class FulmenThreads(Fulmen):
     # The same engine with the app on a pool of 4 threads: what --threads costs per request,
     # which is why the default is 1 (docs/benchmarks.md).
     extra = ("--threads", "4")
+
+
+class FulmenAsyncio(Fulmen):
+    # ASGI on the standard library's asyncio loop instead of uvloop.
+    loop = "asyncio"
 
 
 class BenchVenvServer(Server):
@@ -169,8 +239,14 @@ class Granian(BenchVenvServer):
     blocking_threads = 4
 
     def command(self, ctx, app, port, workdir):
-        return [self.path(), "--interface", "wsgi", "--host", HOST, "--port", str(port), "--workers", "1",
-                "--runtime-threads", "1", "--blocking-threads", str(self.blocking_threads), "--http", "1",
+        if is_asgi(app):
+            # ASGI runs on an asyncio loop in the worker (uvloop, like the other peers); the Rust
+            # runtime thread hands each request to it. --blocking-threads is WSGI's pool, so not set.
+            iface = ["--interface", "asgi", "--loop", "uvloop"]
+        else:
+            iface = ["--interface", "wsgi", "--blocking-threads", str(self.blocking_threads)]
+        return [self.path(), iface[0], iface[1], "--host", HOST, "--port", str(port), "--workers", "1",
+                "--runtime-threads", "1", *iface[2:], "--http", "1",
                 "--no-ws", "--no-access-log", "--log-level", "warning", "--workers-kill-timeout", "2",
                 "--working-dir", str(APPS_DIR), f"{app}:app"]
 
@@ -190,6 +266,36 @@ class UWSGI(BenchVenvServer):
                 "--wsgi-file", str(APPS_DIR / f"{app}.py"), "--callable", "app",
                 "--disable-logging", "--die-on-term", "--need-app", "--listen", "1024",
                 "--buffer-size", "32768"]
+
+
+class Uvicorn(BenchVenvServer):
+    exe = "uvicorn"
+
+    def command(self, ctx, app, port, workdir):
+        # one process (no --workers: that would add a supervisor process), its fast paths explicit
+        return [self.path(), "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+                "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "1",
+                "--app-dir", str(APPS_DIR), f"{app}:app"]
+
+
+class Hypercorn(BenchVenvServer):
+    exe = "hypercorn"
+
+    def command(self, ctx, app, port, workdir):
+        # -k uvloop: Hypercorn's uvloop worker; no access log unless --access-logfile is given
+        return [self.path(), "--bind", f"{HOST}:{port}", "--workers", "1", "--worker-class", "uvloop",
+                "--log-level", "warning", "--graceful-timeout", "1", "--backlog", "1024", f"{app}:app"]
+
+
+class GunicornUvicorn(BenchVenvServer):
+    exe = "gunicorn"
+
+    def command(self, ctx, app, port, workdir):
+        # uvicorn.workers is deprecated in Uvicorn; the worker lives in the uvicorn-worker package.
+        # It runs Uvicorn with loop/http "auto": uvloop and httptools, both installed.
+        return [self.path(), "--bind", f"{HOST}:{port}", "--workers", "1",
+                "--worker-class", "uvicorn_worker.UvicornWorker", "--chdir", str(APPS_DIR),
+                "--graceful-timeout", "1", "--log-level", "warning", f"{app}:app"]
 
 
 class Nginx(Server):
@@ -234,13 +340,22 @@ http {{
 SERVERS: dict[str, Server] = {
     s.name: s
     for s in [
-        Fulmen("fulmen", "Fulmen (this repo), .venv/bin/fulmen"),
+        Fulmen("fulmen", "Fulmen (this repo), .venv/bin/fulmen; ASGI apps with --loop uvloop",
+               apps=WSGI_APPS + ASGI_APPS),
         FulmenThreads("fulmen-t4", "Fulmen with --threads 4 (app on a thread pool)"),
+        FulmenAsyncio("fulmen-asyncio", "Fulmen serving ASGI on the standard asyncio loop (--loop asyncio)",
+                      apps=ASGI_APPS),
         GunicornSync("gunicorn-sync", "gunicorn, 1 sync worker (no keep-alive by design)"),
         GunicornGthread("gunicorn-gthread", "gunicorn, 1 gthread worker with 4 threads"),
-        Granian("granian", "granian --interface wsgi, 1 worker, 1 runtime thread, 4 blocking threads"),
+        Granian("granian", "granian, 1 worker, 1 runtime thread; WSGI with 4 blocking threads, "
+                "ASGI with --loop uvloop", apps=WSGI_APPS + ASGI_APPS),
         UWSGI("uwsgi", "uWSGI --http-socket (no keep-alive), 1 process, 1 thread, with master"),
-        Nginx("nginx", "nginx, 1 worker, `return 200` (static ceiling, hello only)", apps=("wsgi_hello",)),
+        Uvicorn("uvicorn", "Uvicorn, one process, --loop uvloop --http httptools", apps=ASGI_APPS),
+        Hypercorn("hypercorn", "Hypercorn, 1 worker, -k uvloop", apps=ASGI_APPS),
+        GunicornUvicorn("gunicorn-uvicorn", "gunicorn, 1 uvicorn_worker.UvicornWorker (uvloop + httptools)",
+                        apps=ASGI_APPS),
+        Nginx("nginx", "nginx, 1 worker, `return 200` (static ceiling, hello only)",
+              apps=("wsgi_hello", "asgi_hello")),
     ]
 }
 
@@ -384,7 +499,7 @@ class HttpClient:
         if scenario.method == "POST":
             head += f"Content-Type: application/octet-stream\r\nContent-Length: {len(self.body)}\r\n"
         self.request = head.encode() + b"\r\n" + self.body
-        self.expect = self.body if scenario.method == "POST" else HELLO_BODY
+        self.expect = self.body if scenario.expect is None else scenario.expect
         self.sock: socket.socket | None = None
         self.buf = b""
         self.reconnects = -1
@@ -410,18 +525,47 @@ class HttpClient:
         for line in lines[1:]:
             k, _, v = line.partition(":")
             headers[k.strip().lower()] = v.strip().lower()
-        if "content-length" not in headers:
-            raise ValueError(f"response without Content-Length: {lines[0]} {headers}")
-        n = int(headers["content-length"])
-        while len(rest) < n:
+        if headers.get("transfer-encoding") == "chunked":
+            self.buf = rest
+            body = self._read_chunked()
+        elif "content-length" in headers:
+            n = int(headers["content-length"])
+            while len(rest) < n:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("server closed the connection mid-body")
+                rest += chunk
+            self.buf = rest[n:]
+            body = rest[:n]
+        else:
+            raise ValueError(f"response with neither Content-Length nor chunked: {lines[0]} {headers}")
+        close = headers.get("connection") == "close" or lines[0].startswith("HTTP/1.0") and \
+            headers.get("connection") != "keep-alive"
+        return status, body, close
+
+    def _fill(self, n: int) -> None:
+        while len(self.buf) < n:
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise ConnectionError("server closed the connection mid-body")
-            rest += chunk
-        self.buf = rest[n:]
-        close = headers.get("connection") == "close" or lines[0].startswith("HTTP/1.0") and \
-            headers.get("connection") != "keep-alive"
-        return status, rest[:n], close
+            self.buf += chunk
+
+    def _read_chunked(self) -> bytes:
+        body = []
+        while True:
+            while b"\r\n" not in self.buf:
+                self._fill(len(self.buf) + 1)
+            line, _, self.buf = self.buf.partition(b"\r\n")
+            size = int(line.split(b";")[0], 16)
+            if size == 0:  # last chunk; no trailers expected, just the closing CRLF
+                self._fill(2)
+                if self.buf[:2] != b"\r\n":
+                    raise ValueError("chunked response with trailers or a bad terminator")
+                self.buf = self.buf[2:]
+                return b"".join(body)
+            self._fill(size + 2)
+            body.append(self.buf[:size])
+            self.buf = self.buf[size + 2:]
 
     def run(self, count: int, depth: int = 1) -> int:
         """Send `count` requests, `depth` per write; check each answer. Returns requests answered."""
@@ -582,7 +726,7 @@ def _first_line(cmd: list[str]) -> str:
         return f"unknown ({e.__class__.__name__})"
 
 
-def machine_facts(ctx: Context, servers: list[str]) -> dict:
+def machine_facts(ctx: Context, servers: list[str], apps: tuple[str, ...] = WSGI_APPS) -> dict:
     cpu = "unknown"
     try:
         for line in open("/proc/cpuinfo"):
@@ -601,25 +745,38 @@ def machine_facts(ctx: Context, servers: list[str]) -> dict:
         "versions": {},
     }
     bpy = str(BENCH_VENV / "bin" / "python")
+
+    def dist_versions(py: str, dists: tuple[str, ...]) -> str:
+        return _first_line([py, "-c", "import importlib.metadata as m\nfor d in %r:\n"
+                            "    try: print(d, m.version(d), end='; ')\n"
+                            "    except m.PackageNotFoundError: pass\nprint()" % (dists,)]).rstrip("; ")
+
     for name in servers:
-        if name == "fulmen":
-            cmd = SERVERS["fulmen"].base(ctx)
+        if name.startswith("fulmen"):
+            cmd = SERVERS[name].base(ctx)
             exe = Path(shutil.which(cmd[0]) or cmd[0])
             fpy = exe.parent / "python"
             if fpy.exists():
                 v = _first_line([str(fpy), "-c", "import importlib.metadata as m, sys; "
                                  "print(m.version('fulmen'), 'on Python', sys.version.split()[0])"])
+                extras = dist_versions(str(fpy), ("uvloop", "fastapi"))
+                if extras and any(is_asgi(a) for a in apps):
+                    v += f" ({extras})"
             else:
                 v = _first_line(cmd + ["--version"])
-            facts["versions"]["fulmen"] = v
+            facts["versions"][name] = v
+        elif name == "gunicorn-uvicorn":
+            facts["versions"][name] = dist_versions(bpy, ("gunicorn", "uvicorn-worker", "uvicorn"))
         elif name.startswith("gunicorn"):
             facts["versions"][name] = _first_line([bpy, "-c", "import gunicorn; print(gunicorn.__version__)"])
-        elif name == "granian":
-            facts["versions"][name] = _first_line([bpy, "-c", "import importlib.metadata as m; print(m.version('granian'))"])
+        elif name in ("granian", "uvicorn", "hypercorn"):
+            facts["versions"][name] = _first_line([bpy, "-c", f"import importlib.metadata as m; print(m.version({name!r}))"])
         elif name == "uwsgi":
             facts["versions"][name] = _first_line([str(BENCH_VENV / "bin" / "uwsgi"), "--version"])
         elif name == "nginx":
             facts["versions"][name] = _first_line([SERVERS["nginx"].exe() or "nginx", "-v"]).split("/")[-1]
+    if any(is_asgi(a) for a in apps) and any(not n.startswith(("fulmen", "nginx")) for n in servers):
+        facts["versions"]["asgi peers' libraries"] = dist_versions(bpy, ("uvloop", "httptools", "fastapi"))
     return facts
 
 
@@ -677,19 +834,20 @@ def measure(ctx: Context, inst: Instance, sc: Scenario, rnd: int) -> dict:
     except Exception as e:  # noqa: BLE001
         res["errors"].append(f"sanity check failed: {e}")
         return res
-    if args.warmup > 0:
-        rc, out, err = run_wrk(wrk_cmd(args, sc, inst.port, args.warmup, False), args.warmup)
+    duration, warmup = suite_timing(args, sc.suite)
+    if warmup > 0:
+        rc, out, err = run_wrk(wrk_cmd(args, sc, inst.port, warmup, False), warmup)
         if rc != 0:
             res["errors"].append(f"warm-up wrk failed (rc {rc}): {(err.strip() or out.strip())[:300]}")
             return res
     if inst.proc.poll() is not None:
         res["errors"].append(f"server died during warm-up; log: {inst.log_tail()}")
         return res
-    cmd = wrk_cmd(args, sc, inst.port, args.duration, True)
+    cmd = wrk_cmd(args, sc, inst.port, duration, True)
     res["wrk_cmd"] = shlex.join(cmd)
     busy0, wrk0, cpu0 = machine_busy_seconds(), children_cpu_seconds(), tree_cpu_seconds(inst.proc.pid)
     t0 = time.monotonic()
-    rc, out, err = run_wrk(cmd, args.duration)
+    rc, out, err = run_wrk(cmd, duration)
     cpu1, wrk1, busy1 = tree_cpu_seconds(inst.proc.pid), children_cpu_seconds(), machine_busy_seconds()
     window = time.monotonic() - t0
     # CPU used by anything but the server and wrk during the window, in % of one core: other
@@ -755,8 +913,9 @@ def summarize(runs: list[dict], servers: list[str], scenarios: list[str]) -> lis
     return rows
 
 
-def add_ratios(rows: list[dict], baseline: str) -> None:
-    base = {r["scenario"]: r for r in rows if r["server"] == baseline}
+def add_ratios(rows: list[dict], baselines: dict[str, str]) -> None:
+    """Ratios against the baseline server's row of the same scenario (baselines: suite -> server)."""
+    base = {r["scenario"]: r for r in rows if r["server"] == baselines.get(SCENARIOS[r["scenario"]].suite)}
     for r in rows:
         b = base.get(r["scenario"])
         r["rps_ratio"] = (r["rps"] / b["rps"]) if b and b["rps"] and r["rps"] else None
@@ -768,7 +927,9 @@ def _f(v, fmt):
     return "-" if v is None else format(v, fmt)
 
 
-def format_table(rows: list[dict], baseline: str, markdown: bool) -> str:
+def format_table(rows: list[dict], baselines: dict[str, str], markdown: bool) -> str:
+    names = set(baselines.values())
+    baseline = next(iter(names)) if len(names) == 1 else "baseline"
     hdr = ["scenario", "server", "req/s", f"× {baseline}", "p50 ms", "p99 ms", "CPU µs/req",
            f"CPU × {baseline}", "peak RSS MiB", "server/wrk/other CPU %", "runs", "flags"]
     body = []
@@ -805,7 +966,7 @@ def error_notes(rows: list[dict]) -> list[str]:
     return notes
 
 
-def write_docs(ctx: Context, result: dict, rows: list[dict], baseline: str, json_path: Path) -> None:
+def write_docs(ctx: Context, result: dict, rows: list[dict], baselines: dict[str, str], json_path: Path) -> None:
     args = ctx.args
     png = ROOT / "docs" / f"bench-{args.name}.png"
     plot = subprocess.run([str(BENCH_VENV / "bin" / "python"), str(BENCH / "plot.py"), str(json_path), str(png)],
@@ -814,30 +975,40 @@ def write_docs(ctx: Context, result: dict, rows: list[dict], baseline: str, json
         log(f"warning: plot failed: {plot.stderr.strip()[-500:]}")
     f = result["machine"]
     vers = "; ".join(f"{k} {v}" for k, v in f["versions"].items())
-    sc_lines = "\n".join(f"- `{s}`: {SCENARIOS[s].description}" for s in result["scenarios"])
-    cmd_lines = "\n".join(f"- {k}: `{v.get('wsgi_hello') or next(iter(v.values()))}`"
-                          for k, v in result["commands"].items())
     skipped = "\n".join(f"- {k}: {v}" for k, v in result["unavailable"].items())
     notes = error_notes(rows)
+    parts = []
+    for su, scs in result["suites"].items():
+        d, w = suite_timing(args, su)
+        su_rows = [r for r in rows if r["scenario"] in scs]
+        hello = "wsgi_hello" if su == "wsgi" else "asgi_hello"
+        sc_lines = "\n".join(f"- `{s}`: {SCENARIOS[s].description}" for s in scs)
+        cmd_lines = "\n".join(f"- {k}: `{v.get(hello) or next(iter(v.values()))}`"
+                              for k, v in sorted(result["commands"].items(), key=lambda kv: list(SERVERS).index(kv[0]))
+                              if any(r["server"] == k for r in su_rows))
+        parts.append(f"""#### {su.upper()}
+
+{d} s measured after {w} s warm-up per run. Ratios are relative to **{baselines[su]}**.
+
+Scenarios:
+{sc_lines}
+
+{format_table(su_rows, {su: baselines[su]}, markdown=True)}
+
+Server command lines ({hello} app; the other scenarios swap the module; run from bench/apps):
+{cmd_lines}
+""")
     section = f"""{DOCS_BEGIN}
 ### Latest results: `{args.name}` ({result['started']})
 
 Machine: {f['nproc']} CPUs, {f['cpu_model']}, Linux {f['kernel']}, {f['os']}.
 Peers and tools: {vers}; {f['wrk']}; .venv-bench {f['python_bench_venv']}.
-Run: `{result['argv']}`: {args.rounds} round(s), {args.duration:g} s measured after {args.warmup:g} s warm-up,
-{args.connections} connections, wrk 1 thread. Ratios are relative to **{baseline}**
-(req/s: higher is better; CPU/request: lower is better). Median over rounds.
+Run: `{result['argv']}`: {args.rounds} round(s), {args.connections} connections, wrk 1 thread.
+Req/s: higher is better; CPU/request: lower is better. Median over rounds.
 
-Scenarios:
-{sc_lines}
-
-{format_table(rows, baseline, markdown=True)}
-
+{chr(10).join(parts)}
 {("Flags (runs with errors still count in the medians):" + chr(10) + chr(10).join("- " + n for n in notes)) if notes else "No run reported socket errors or non-2xx responses."}
 {("Not run:" + chr(10) + skipped) if skipped else ""}
-
-Server command lines (hello app; the echo runs swap the module; run from bench/apps):
-{cmd_lines}
 
 ![req/s and CPU per request]({png.name})
 
@@ -858,66 +1029,113 @@ Raw data: `bench/results/{json_path.name}` on the machine that ran it (not commi
 # Modes
 
 
+def suite_timing(args, suite: str) -> tuple[int, int]:
+    """(measured seconds, warm-up seconds) of one run in this suite: --duration/--warmup, else the
+    suite's own defaults."""
+    su = SUITES[suite]
+    return (args.duration if args.duration is not None else su.duration,
+            args.warmup if args.warmup is not None else su.warmup)
+
+
+def suites_of(scenarios: list[str]) -> list[str]:
+    return [su for su in SUITES if any(SCENARIOS[sc].suite == su for sc in scenarios)]
+
+
+def plan(ctx: Context, servers: list[str], scenarios: list[str], unavailable: dict) -> dict:
+    """suite -> [(server, app, [scenario, ...]), ...]: what each suite runs per round, in order.
+    Servers (or server/app pairs) that cannot run here are logged and put into `unavailable`."""
+    out: dict[str, list] = {}
+    for su in suites_of(scenarios):
+        suite_scs = [sc for sc in scenarios if SCENARIOS[sc].suite == su]
+        apps = list(dict.fromkeys(SCENARIOS[sc].app for sc in suite_scs))
+        out[su] = []
+        for name in servers:
+            if name in unavailable:
+                continue
+            server = SERVERS[name]
+            for app in apps:
+                if app not in server.apps:
+                    continue
+                why = server.app_unavailable(ctx, app)
+                if why:
+                    key = f"{name} ({app})"
+                    if key not in unavailable:
+                        log(f"skipping {key}: {why}")
+                        unavailable[key] = why
+                    continue
+                out[su].append((name, app, [sc for sc in suite_scs if SCENARIOS[sc].app == app]))
+    return out
+
+
 def bench(ctx: Context, servers: list[str], scenarios: list[str]) -> int:
     args = ctx.args
     runs: list[dict] = []
-    unavailable = {}
+    unavailable: dict[str, str] = {}
     for name in list(servers):
         why = SERVERS[name].available(ctx)
         if why:
             log(f"skipping {name}: {why}")
             unavailable[name] = why
-    active = [s for s in servers if s not in unavailable]
+    todo = plan(ctx, servers, scenarios, unavailable)
+    active = [s for s in servers if any(s == n for items in todo.values() for n, _, _ in items)]
     started = dt.datetime.now().astimezone()
-    facts = machine_facts(ctx, active)
-    n_runs = sum(1 for s in active for sc in scenarios
-                 if SCENARIOS[sc].app in SERVERS[s].apps) * args.rounds
-    log(f"{len(active)} servers x {len(scenarios)} scenarios x {args.rounds} rounds = {n_runs} runs, "
-        f"about {n_runs * (args.duration + args.warmup + 1) / 60:.1f} min")
+    facts = machine_facts(ctx, active, tuple({SCENARIOS[sc].app for sc in scenarios}))
+    total_s = 0.0
+    for su, items in todo.items():
+        d, w = suite_timing(args, su)
+        n = sum(len(scs) for _, _, scs in items) * args.rounds
+        starts = len(items) * args.rounds
+        total_s += n * (d + w + 0.5) + starts * 1.0  # measured overhead: ~0.3 s per run, ~0.5-1 s per start
+        log(f"{su}: {len({x[0] for x in items})} servers, {n} runs of {d} s (+{w} s warm-up) over "
+            f"{args.rounds} round(s)")
+    log(f"about {total_s / 60:.1f} min in all")
     for rnd in range(1, args.rounds + 1):
-        # rotate the server order every round so no server always runs right after the same one
-        order = active[(rnd - 1) % len(active):] + active[:(rnd - 1) % len(active)] if active else []
-        for name in order:
-            server = SERVERS[name]
-            for app in ("wsgi_hello", "wsgi_echo"):
-                app_scenarios = [sc for sc in scenarios if SCENARIOS[sc].app == app]
-                if not app_scenarios:
-                    continue
-                if app not in server.apps:
-                    continue
-                inst = Instance(ctx, server, app)
-                try:
-                    err = inst.start()
-                    if err:
-                        log(f"[round {rnd}] {name} ({app}) failed to start: {err}")
+        for su, items in todo.items():
+            # rotate the server order every round so no server always runs right after the same one
+            names = list(dict.fromkeys(n for n, _, _ in items))
+            k = (rnd - 1) % len(names) if names else 0
+            order = names[k:] + names[:k]
+            for name in order:
+                server = SERVERS[name]
+                for _, app, app_scenarios in [x for x in items if x[0] == name]:
+                    inst = Instance(ctx, server, app)
+                    try:
+                        err = inst.start()
+                        if err:
+                            log(f"[round {rnd}] {name} ({app}) failed to start: {err}")
+                            for sc in app_scenarios:
+                                runs.append({"round": rnd, "server": name, "scenario": sc, "ok": False,
+                                             "errors": [f"failed to start: {err}"]})
+                            continue
                         for sc in app_scenarios:
-                            runs.append({"round": rnd, "server": name, "scenario": sc, "ok": False,
-                                         "errors": [f"failed to start: {err}"]})
-                        continue
-                    for sc in app_scenarios:
-                        r = measure(ctx, inst, SCENARIOS[sc], rnd)
-                        runs.append(r)
-                        if r.get("ok"):
-                            log(f"[round {rnd}] {name:16} {sc:16} {r['rps']:>10,.0f} req/s  "
-                                f"p99 {_f(r.get('p99_ms'), '.2f')} ms  "
-                                f"{_f(r.get('cpu_us_per_req'), '.1f')} µs CPU/req  "
-                                f"CPU% server {r['server_cpu_pct']:.0f} wrk {r['wrk_cpu_pct']:.0f} "
-                                f"other {r['background_cpu_pct']:.0f}"
-                                + (f"  FLAGGED: {'; '.join(r['errors'])}" if r["errors"] else ""))
-                        else:
-                            log(f"[round {rnd}] {name:16} {sc:16} FAILED: {'; '.join(r['errors'])}")
-                finally:
-                    inst.stop()
+                            r = measure(ctx, inst, SCENARIOS[sc], rnd)
+                            runs.append(r)
+                            if r.get("ok"):
+                                log(f"[round {rnd}] {name:16} {sc:17} {r['rps']:>10,.0f} req/s  "
+                                    f"p99 {_f(r.get('p99_ms'), '.2f')} ms  "
+                                    f"{_f(r.get('cpu_us_per_req'), '.1f')} µs CPU/req  "
+                                    f"CPU% server {r['server_cpu_pct']:.0f} wrk {r['wrk_cpu_pct']:.0f} "
+                                    f"other {r['background_cpu_pct']:.0f}"
+                                    + (f"  FLAGGED: {'; '.join(r['errors'])}" if r["errors"] else ""))
+                            else:
+                                log(f"[round {rnd}] {name:16} {sc:17} FAILED: {'; '.join(r['errors'])}")
+                    finally:
+                        inst.stop()
     rows = summarize(runs, active, scenarios)
-    baseline = args.baseline
-    if not any(r["server"] == baseline and r["rps"] for r in rows):
-        fallback = next((r["server"] for r in rows if r["rps"]), None)
-        if fallback:
-            log(f"note: no results for baseline {baseline!r}; ratios are relative to {fallback!r} instead")
-            baseline = fallback
-    add_ratios(rows, baseline)
-    if "nginx" in active and any(s.startswith("echo") for s in scenarios):
-        log("note: nginx is the ceiling for the hello scenarios only (it has no WSGI app to echo with)")
+    # ratios are relative to the baseline's run in the same suite (same scenario, in fact)
+    baselines = {}
+    for su in todo:
+        su_rows = [r for r in rows if SCENARIOS[r["scenario"]].suite == su]
+        baselines[su] = args.baseline
+        if not any(r["server"] == args.baseline and r["rps"] for r in su_rows):
+            fallback = next((r["server"] for r in su_rows if r["rps"]), None)
+            if fallback:
+                log(f"note: no {su} results for baseline {args.baseline!r}; {su} ratios are relative to "
+                    f"{fallback!r} instead")
+                baselines[su] = fallback
+    add_ratios(rows, baselines)
+    if "nginx" in active and any("echo" in s or "stream" in s or "fastapi" in s for s in scenarios):
+        log("note: nginx is the ceiling for the hello scenarios only (it has no app to echo or stream with)")
     result = {
         "started": started.isoformat(timespec="seconds"),
         "argv": shlex.join(["bench/run.py", *sys.argv[1:]]),
@@ -926,7 +1144,10 @@ def bench(ctx: Context, servers: list[str], scenarios: list[str]) -> int:
         "servers": active,
         "unavailable": unavailable,
         "scenarios": scenarios,
-        "baseline": baseline,
+        "suites": {su: [sc for sc in scenarios if SCENARIOS[sc].suite == su] for su in todo},
+        "timing": {su: dict(zip(("duration", "warmup"), suite_timing(args, su))) for su in todo},
+        "baseline": baselines.get("wsgi") or next(iter(baselines.values()), args.baseline),
+        "baselines": baselines,
         "commands": ctx.commands,
         "summary": rows,
         "runs": runs,
@@ -935,17 +1156,25 @@ def bench(ctx: Context, servers: list[str], scenarios: list[str]) -> int:
     json_path = RESULTS_DIR / f"{started.strftime('%Y%m%d-%H%M%S')}.json"
     json_path.write_text(json.dumps(result, indent=1) + "\n")
     print()
-    print(f"Median over {args.rounds} round(s), {args.duration:g}s each, {args.connections} connections; "
-          f"ratios vs {baseline} (req/s: higher is better, CPU/req: lower is better)")
-    print(format_table(rows, baseline, markdown=False))
+    timing = ", ".join(f"{su} {d:g} s" for su, (d, _) in ((su, suite_timing(args, su)) for su in todo))
+    print(f"Median over {args.rounds} round(s) ({timing} per run), {args.connections} connections; "
+          f"ratios vs {baseline_label(baselines)} (req/s: higher is better, CPU/req: lower is better)")
+    print(format_table(rows, baselines, markdown=False))
     for n in error_notes(rows):
         print(f"  ! {n}")
     for k, v in unavailable.items():
         print(f"  - not run: {k}: {v}")
     print(f"\nraw results: {json_path.relative_to(ROOT)}")
     if args.write_docs:
-        write_docs(ctx, result, rows, baseline, json_path)
+        write_docs(ctx, result, rows, baselines, json_path)
     return 0 if rows and all(r["measured"] for r in rows) and not unavailable else 1
+
+
+def baseline_label(baselines: dict[str, str]) -> str:
+    names = set(baselines.values())
+    if len(names) <= 1:
+        return next(iter(names), "fulmen")
+    return ", ".join(f"{b} ({su})" for su, b in baselines.items())
 
 
 def alloc_check(ctx: Context, servers: list[str], scenarios: list[str]) -> int:
@@ -967,8 +1196,15 @@ def alloc_check(ctx: Context, servers: list[str], scenarios: list[str]) -> int:
             log(f"skipping {name}: {why}")
             status = 1
             continue
-        for app in ("wsgi_hello", "wsgi_echo"):
-            for sc_name in [s for s in scenarios if SCENARIOS[s].app == app and app in server.apps]:
+        for app in dict.fromkeys(SCENARIOS[sc].app for sc in scenarios):
+            if app not in server.apps:
+                continue
+            why = server.app_unavailable(ctx, app)
+            if why:
+                log(f"skipping {name} ({app}): {why}")
+                status = 1
+                continue
+            for sc_name in [s for s in scenarios if SCENARIOS[s].app == app]:
                 sc = SCENARIOS[sc_name]
                 counts = ctx.tmp / f"counts-{name}-{sc_name}"
                 counts.write_bytes(b"\0" * 4096)
@@ -1030,24 +1266,149 @@ def alloc_check(ctx: Context, servers: list[str], scenarios: list[str]) -> int:
     return status
 
 
+def thread_sample(root: int) -> dict:
+    """Per-thread counters over the server's process tree: {(pid, tid): {...}}. CPU from
+    /proc/PID/task/TID/stat (utime+stime, ticks) and schedstat (ns on CPU, when the kernel has it),
+    context switches from status. A thread blocks (voluntary switch) once per wake-up it sleeps
+    after, so the voluntary count's delta over an idle window counts its wake-ups."""
+    out = {}
+    for pid in process_tree(root):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            base = f"/proc/{pid}/task/{tid}"
+            try:
+                with open(f"{base}/stat", "rb") as f:
+                    raw = f.read().decode("ascii", "replace")
+                comm = raw[raw.index("(") + 1:raw.rindex(")")]
+                fields = raw[raw.rindex(")") + 2:].split()
+                d = {"comm": comm, "ticks": int(fields[11]) + int(fields[12]), "ns": None, "vol": 0, "invol": 0}
+                try:
+                    with open(f"{base}/schedstat") as f:
+                        d["ns"] = int(f.read().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pass
+                with open(f"{base}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            d["vol"] = int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            d["invol"] = int(line.split()[1])
+            except (OSError, ValueError):
+                continue
+            out[(pid, int(tid))] = d
+    return out
+
+
+def idle_check(ctx: Context, servers: list[str], suites: list[str]) -> int:
+    """Start each server, make one request, then leave it idle (no connection) and count what it
+    does: CPU time and wake-ups. The target for an event-driven server is zero of both."""
+    args = ctx.args
+    secs, settle = args.idle_seconds, args.idle_settle
+    rows, status = [], 0
+    for su in suites:
+        hello = SUITES[su].scenarios[0]  # hello / asgi-hello
+        sc = SCENARIOS[hello]
+        for name in servers:
+            server = SERVERS[name]
+            if sc.app not in server.apps:
+                continue
+            why = server.available(ctx) or server.app_unavailable(ctx, sc.app)
+            if why:
+                log(f"skipping {name} ({sc.app}): {why}")
+                status = 1
+                continue
+            inst = Instance(ctx, server, sc.app)
+            try:
+                err = inst.start()
+                if err:
+                    log(f"{name} failed to start: {err}")
+                    status = 1
+                    continue
+                c = HttpClient(inst.port, sc)  # it must really serve, and then go quiet again
+                c.run(1)
+                c.close()
+                time.sleep(settle)
+                cpu0, t0 = tree_cpu_seconds(inst.proc.pid), thread_sample(inst.proc.pid)
+                m0 = time.monotonic()
+                time.sleep(secs)
+                cpu1, t1 = tree_cpu_seconds(inst.proc.pid), thread_sample(inst.proc.pid)
+                window = time.monotonic() - m0
+                threads = []
+                for key, b in t1.items():
+                    a = t0.get(key, {"ticks": 0, "ns": 0 if b["ns"] is not None else None, "vol": 0, "invol": 0})
+                    threads.append({"pid": key[0], "tid": key[1], "comm": b["comm"], "new": key not in t0,
+                                    "wakeups": b["vol"] - a["vol"], "preempted": b["invol"] - a["invol"],
+                                    "cpu_ms": (b["ns"] - a["ns"]) / 1e6 if b["ns"] is not None and a["ns"] is not None
+                                    else (b["ticks"] - a["ticks"]) * 1000 / CLK_TCK})
+                gone = len(set(t0) - set(t1))
+                wakeups = sum(t["wakeups"] for t in threads)
+                row = {"server": name, "suite": su, "app": sc.app, "seconds": round(window, 2),
+                       "cpu_ms": (cpu1 - cpu0) * 1000,  # utime+stime of the tree, clock ticks
+                       "cpu_ms_sched": sum(t["cpu_ms"] for t in threads),  # schedstat, ns resolution
+                       "wakeups": wakeups, "wakeups_per_s": wakeups / window,
+                       "processes": len({t["pid"] for t in threads}), "threads": len(threads),
+                       "threads_gone": gone, "rss_kib": tree_hwm_kib(inst.proc.pid),
+                       "busiest": sorted((t for t in threads if t["wakeups"] or t["cpu_ms"]),
+                                         key=lambda t: (-t["wakeups"], -t["cpu_ms"]))[:5]}
+                rows.append(row)
+                top = ", ".join(f"{t['comm']}[{t['tid']}] {t['wakeups']}" for t in row["busiest"][:3])
+                log(f"{name:16} {sc.app:14} idle {window:.1f} s: CPU {row['cpu_ms']:.0f} ms "
+                    f"({row['cpu_ms_sched']:.2f} ms schedstat), {wakeups} wake-ups"
+                    + (f" ({top})" if top else ""))
+            except Exception as e:  # noqa: BLE001
+                log(f"{name}: idle check failed: {e}")
+                status = 1
+            finally:
+                inst.stop()
+    started = dt.datetime.now().astimezone()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS_DIR / f"idle-{started.strftime('%Y%m%d-%H%M%S')}.json"
+    json_path.write_text(json.dumps({"started": started.isoformat(timespec="seconds"),
+                                     "argv": shlex.join(["bench/run.py", *sys.argv[1:]]),
+                                     "commands": ctx.commands, "idle": rows}, indent=1) + "\n")
+    print()
+    print(f"Idle check: one request, {settle:g} s to settle, then {secs:g} s with no connection. CPU is "
+          f"utime+stime of the server's process tree (clock ticks, {1000 / CLK_TCK:.0f} ms) and the sum of "
+          f"its threads' schedstat run time (ns); wake-ups are the threads' voluntary context switches")
+    print(f"{'server':16} {'app':14} {'CPU ms':>7} {'sched ms':>9} {'wake-ups':>9} {'/s':>7} "
+          f"{'procs':>5} {'threads':>7}  busiest threads (wake-ups)")
+    for r in rows:
+        top = ", ".join(f"{t['comm']} {t['wakeups']}" for t in r["busiest"][:3])
+        print(f"{r['server']:16} {r['app']:14} {r['cpu_ms']:7.0f} {r['cpu_ms_sched']:9.2f} {r['wakeups']:9d} "
+              f"{r['wakeups_per_s']:7.1f} {r['processes']:5d} {r['threads']:7d}  {top}")
+    print(f"\nraw results: {json_path.relative_to(ROOT)}")
+    return status
+
+
 # --------------------------------------------------------------------------------------------
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--servers", default=",".join(SERVERS),
-                    help=f"comma-separated subset of: {', '.join(SERVERS)} (default: all)")
-    ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
-                    help=f"comma-separated subset of: {', '.join(SCENARIOS)} (default: {','.join(DEFAULT_SCENARIOS)})")
+    ap.add_argument("--suite", choices=["wsgi", "asgi", "all"], default=None,
+                    help="which group of scenarios to run (default all; for --idle-check, asgi)")
+    ap.add_argument("--servers", default=None,
+                    help=f"comma-separated subset of: {', '.join(SERVERS)} (default: all; each runs the "
+                         f"scenarios of its interface)")
+    ap.add_argument("--scenarios", default=None,
+                    help=f"comma-separated subset of: {', '.join(SCENARIOS)} (default: the suite's: "
+                         + "; ".join(f"{k} {','.join(v.scenarios)}" for k, v in SUITES.items()) + ")")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported (default 3)")
-    ap.add_argument("--duration", type=int, default=8, help="measured seconds per run (default 8)")
-    ap.add_argument("--warmup", type=int, default=2,
-                    help="warm-up seconds before each measured run, 0 for none (default 2)")
+    ap.add_argument("--duration", type=int, default=None,
+                    help="measured seconds per run (default: " +
+                         ", ".join(f"{k} {v.duration}" for k, v in SUITES.items()) + ")")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="warm-up seconds before each measured run, 0 for none (default: " +
+                         ", ".join(f"{k} {v.warmup}" for k, v in SUITES.items()) + ")")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     ap.add_argument("--wrk-timeout", type=int, default=2,
                     help="wrk per-request timeout, s (default 2: a starved connection shows up as timeouts)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, 2 s, 1 s warm-up")
-    ap.add_argument("--baseline", default="fulmen", help="server the ratios are relative to (default fulmen)")
+    ap.add_argument("--baseline", default="fulmen",
+                    help="server the ratios are relative to, within each suite (default fulmen)")
     ap.add_argument("--fulmen-cmd", default="", help="command that starts Fulmen (default .venv/bin/fulmen)")
     ap.add_argument("--fulmen-args", default="", help="extra Fulmen options, e.g. '--threads 1'")
     ap.add_argument("--start-timeout", type=float, default=20, help="seconds a server may take to listen")
@@ -1061,25 +1422,45 @@ def main(argv=None) -> int:
     ap.add_argument("--alloc-requests", type=int, default=10000,
                     help="--alloc-check: N warm-up requests, then 10*N measured (default 10000)")
     ap.add_argument("--alloc-connections", type=int, default=4, help="--alloc-check: keep-alive connections")
+    ap.add_argument("--idle-check", action="store_true",
+                    help="instead of benchmarking, start each server of the suite (default asgi), make one "
+                         "request, leave it idle and report its CPU time and wake-ups")
+    ap.add_argument("--idle-seconds", type=float, default=10, help="--idle-check: idle window, s (default 10)")
+    ap.add_argument("--idle-settle", type=float, default=2,
+                    help="--idle-check: s between the request and the window (default 2)")
     args = ap.parse_args(argv)
+    if args.alloc_check and args.idle_check:
+        ap.error("--alloc-check and --idle-check are separate modes")
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2, 1
-    if args.alloc_check and "--servers" not in " ".join(sys.argv if argv is None else argv):
-        args.servers = "fulmen"
+    suite = args.suite or ("asgi" if args.idle_check else "all")
+    suites = list(SUITES) if suite == "all" else [suite]
+    if args.servers is None:
+        args.servers = "fulmen" if args.alloc_check else ",".join(SERVERS)
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if args.scenarios is None:
+        scenarios = [sc for su in suites for sc in SUITES[su].scenarios]
+    else:
+        scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     bad = [s for s in servers if s not in SERVERS] + [s for s in scenarios if s not in SCENARIOS]
     if bad:
         ap.error(f"unknown server/scenario: {', '.join(bad)}")
-    if args.duration < 1 or args.warmup < 0 or args.rounds < 1:
+    if args.suite and args.suite != "all":
+        scenarios = [sc for sc in scenarios if SCENARIOS[sc].suite == args.suite]
+        if not scenarios:
+            ap.error(f"none of the scenarios given belongs to the {args.suite} suite")
+    args.servers, args.scenarios, args.suite = ",".join(servers), ",".join(scenarios), suite  # as run (JSON)
+    if (args.duration is not None and args.duration < 1) or (args.warmup is not None and args.warmup < 0) \
+            or args.rounds < 1:
         ap.error("--duration >= 1, --warmup >= 0, --rounds >= 1 (wrk takes whole seconds)")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
         ap.error("--name: letters, digits, '.', '_', '-' only")
 
-    need_tools(["taskset", "wrk"] + (["nginx"] if "nginx" in servers else []) + (["cc"] if args.alloc_check else []))
+    need_tools(["taskset"] + ([] if args.idle_check else ["wrk"]) + (["nginx"] if "nginx" in servers else [])
+               + (["cc"] if args.alloc_check else []))
     if (os.cpu_count() or 1) < 2:
         log("warning: fewer than 2 CPUs: server and wrk will share a core")
-    if any(s not in ("fulmen", "nginx") for s in servers) or args.write_docs:
+    if any(not s.startswith(("fulmen", "nginx")) for s in servers) or args.write_docs:
         ensure_bench_venv(args)
     try:
         os.sched_setaffinity(0, {int(CLIENT_CPU)})  # keep this process off the server's core
@@ -1094,6 +1475,8 @@ def main(argv=None) -> int:
     try:
         if args.alloc_check:
             return alloc_check(ctx, servers, scenarios)
+        if args.idle_check:
+            return idle_check(ctx, servers, suites)
         return bench(ctx, servers, scenarios)
     except KeyboardInterrupt:
         log("interrupted: stopping servers")
