@@ -166,6 +166,7 @@ struct AsgiHandler::Impl {
   std::string root_path;
   Ref root_path_str, root_path_bytes;
   std::string scratch;
+  std::vector<http1::Header> resp_headers;  // views into the app's header bytes, per response
   PyObject* fatal_type = nullptr;  // owned: KeyboardInterrupt/SystemExit escaping a task start
   PyObject* fatal_value = nullptr;
   PyObject* fatal_tb = nullptr;
@@ -264,13 +265,13 @@ PyObject* send_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject*
     if (code == -1 && PyErr_Occurred()) return nullptr;
     PyObject* headers = PyDict_GetItemWithError(msg, N->headers.get());  // borrowed
     if (!headers && PyErr_Occurred()) return nullptr;
-    std::vector<http1::Header> hs;
+    std::vector<http1::Header>& hs = c->h->resp_headers;  // reused: no allocation per response
+    hs.clear();
     Ref seq;
     if (headers) {
       seq = Ref::steal(PySequence_Fast(headers, "response headers must be a list of [name, value] pairs"));
       if (!seq) return nullptr;
       Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.get());
-      hs.reserve(size_t(n));
       for (Py_ssize_t i = 0; i < n; ++i) {
         PyObject* pair = PySequence_Fast_GET_ITEM(seq.get(), i);  // borrowed
         PyObject *name, *value;
@@ -579,6 +580,7 @@ std::unique_ptr<AsgiHandler> AsgiHandler::create(PyObject* app, PyObject* error_
   im.app = Ref::borrow(app);
   im.root_path = options.root_path;
   while (!im.root_path.empty() && im.root_path.back() == '/') im.root_path.pop_back();
+  im.resp_headers.reserve(32);
   im.root_path_str = Ref::steal(PyUnicode_DecodeUTF8(im.root_path.data(), Py_ssize_t(im.root_path.size()), "replace"));
   if (!im.root_path_str) return nullptr;
   for (const ListenerInfo& li : listeners) {

@@ -348,7 +348,16 @@ int64_t mono_ms() {
 // between requests (keep-alive), so the handle is replaced only when it would fire too late.
 bool schedule_timer(State* s) {
   int next = s->server->next_timeout_ms();
-  if (next < 0) return true;
+  if (next < 0) {
+    // Nothing to time any more (the last connection closed): an idle server must not wake up.
+    if (s->timer_handle) {
+      Ref r = Ref::steal(PyObject_CallMethod(s->timer_handle.get(), "cancel", nullptr));
+      s->timer_handle.reset();
+      s->timer_deadline_ms = -1;
+      if (!r) return false;
+    }
+    return true;
+  }
   int64_t due = mono_ms() + next;
   if (s->timer_handle && s->timer_deadline_ms >= 0 && s->timer_deadline_ms <= due + 1) return true;
   if (s->timer_handle) {
