@@ -590,6 +590,8 @@ MISUSE = {
     "lf-value": (0, False, "refused"),
     "cr-value": (0, False, "refused"),
     "crlf-name": (0, False, "refused"),
+    "body-longer-than-content-length": (1, False, "cut"),
+    "body-shorter-than-content-length": (1, False, "cut"),
 }
 
 

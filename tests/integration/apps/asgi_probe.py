@@ -268,6 +268,8 @@ MISUSE = {
                   "headers": [(b"x-evil", b"a\nx-injected: yes"), (b"content-length", b"2")]}],
     "cr-value": [{"type": "http.response.start", "status": 200,
                   "headers": [(b"x-evil", b"a\rx-injected: yes"), (b"content-length", b"2")]}],
+    "body-longer-than-content-length": [START, {"type": "http.response.body", "body": b"okay!"}],
+    "body-shorter-than-content-length": [START, {"type": "http.response.body", "body": b"o"}],
     "crlf-name": [{"type": "http.response.start", "status": 200,
                    "headers": [(b"x-evil\r\nx-injected", b"yes"), (b"content-length", b"2")]}],
 }
