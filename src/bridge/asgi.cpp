@@ -141,6 +141,8 @@ struct CallObject {
   bool disconnected;            // the client went away
   bool request_done;            // the last http.request (more_body=False) was delivered
   bool head;                    // HEAD request: body bytes are dropped by the engine
+  long long declared;           // Content-Length the app declared, -1 if none
+  long long sent;               // body bytes the app sent so far
 };
 
 struct SendObject {
@@ -291,6 +293,9 @@ PyObject* send_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject*
         }
         hs.push_back({std::string_view(PyBytes_AS_STRING(name), size_t(PyBytes_GET_SIZE(name))),
                       std::string_view(PyBytes_AS_STRING(value), size_t(PyBytes_GET_SIZE(value)))});
+        uint64_t cl;
+        if (base::iequals(hs.back().name, "content-length") && base::parse_u64(hs.back().value, &cl))
+          c->declared = (long long)cl;
       }
     }
     if (c->disconnected || !c->ex) {
@@ -335,6 +340,19 @@ PyObject* send_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject*
       return nullptr;
     }
     have_view = true;
+  }
+  // As Uvicorn: a body that does not match the declared Content-Length is the app's error.
+  if (c->declared >= 0 && !c->head) {
+    long long n = have_view ? (long long)view.len : 0;
+    const char* problem = nullptr;
+    if (c->sent + n > c->declared) problem = "Response content longer than Content-Length";
+    else if (!more_body && c->sent + n < c->declared) problem = "Response content shorter than Content-Length";
+    if (problem) {
+      if (have_view) PyBuffer_Release(&view);
+      PyErr_SetString(PyExc_RuntimeError, problem);
+      return nullptr;
+    }
+    c->sent += n;
   }
   if (!more_body) c->complete = true;
   if (c->disconnected || !c->ex) {
@@ -656,6 +674,8 @@ void AsgiHandler::on_request(Exchange& ex) noexcept {
   c->recv_future = c->send_future = c->task = nullptr;
   c->started = c->complete = c->disconnected = c->request_done = false;
   c->head = ex.request().method_id == http1::Method::kHead;
+  c->declared = -1;
+  c->sent = 0;
   ex.app_state = c;  // the exchange holds this reference until detach()
   Ref send;
   if (auto* s = PyObject_New(SendObject, &SendType)) {

@@ -84,6 +84,9 @@ struct State {
   AsyncioHooks asyncio_hooks{this};
   // asyncio mode: the loop, the bound step() callable, the pending timer, the done future.
   Ref loop, step_fn, timer_handle, done_future, call_soon, call_later;
+  // {"context": <a copy of serve_asyncio's caller context>}: steps scheduled from inside an app's
+  // task must not run in (and hand to the next request's task) that task's context.
+  Ref ctx_kwargs;
   int64_t timer_deadline_ms = -1;  // CLOCK_MONOTONIC ms the timer_handle fires at
   bool step_scheduled = false;     // a call_soon(step) is pending
   int threads = 1;
@@ -114,7 +117,8 @@ void PoolLoopHooks::on_wakeup() noexcept {
 
 void AsyncioHooks::on_deferred() noexcept {
   if (s_->step_scheduled || !s_->step_fn) return;
-  Ref h = Ref::steal(PyObject_CallOneArg(s_->call_soon.get(), s_->step_fn.get()));
+  Ref args = Ref::steal(PyTuple_Pack(1, s_->step_fn.get()));
+  Ref h = args ? Ref::steal(PyObject_Call(s_->call_soon.get(), args.get(), s_->ctx_kwargs.get())) : Ref();
   if (h) s_->step_scheduled = true;
   else s_->handler->log_exception("loop.call_soon failed");
 }
@@ -366,7 +370,9 @@ bool schedule_timer(State* s) {
   }
   Ref delay = Ref::steal(PyFloat_FromDouble(next / 1000.0));
   if (!delay) return false;
-  s->timer_handle = Ref::steal(PyObject_CallFunctionObjArgs(s->call_later.get(), delay.get(), s->step_fn.get(), nullptr));
+  Ref args = Ref::steal(PyTuple_Pack(2, delay.get(), s->step_fn.get()));
+  if (!args) return false;
+  s->timer_handle = Ref::steal(PyObject_Call(s->call_later.get(), args.get(), s->ctx_kwargs.get()));
   s->timer_deadline_ms = due;
   return bool(s->timer_handle);
 }
@@ -441,6 +447,9 @@ PyObject* server_serve_asyncio(PyObject* o, PyObject* args) {
   if (!s->call_soon || !s->call_later || !done) return nullptr;
   Ref step = Ref::steal(PyCFunction_New(&step_def, o));
   if (!step) return nullptr;
+  Ref ctx = Ref::steal(PyContext_CopyCurrent());
+  s->ctx_kwargs = ctx ? Ref::steal(Py_BuildValue("{sO}", "context", ctx.get())) : Ref();
+  if (!s->ctx_kwargs) return nullptr;
   if (int err = s->server->start(&s->asyncio_hooks)) {
     errno = err;
     return PyErr_SetFromErrno(PyExc_OSError);
