@@ -1438,10 +1438,9 @@ TEST(Async, ClientCloseWhileWaitingForBodyIsReportedOnce) {
   EXPECT_TRUE(o.peer_gone);
   EXPECT_TRUE(o.failed);
   EXPECT_EQ(int(o.err), int(BodyError::kDisconnected));
-  // write()/finish() after on_disconnect() are expected to fail (exchange.hpp) but do not: see
-  // DISABLED_ClientCloseWhileThinkingThenWritesFailAndFinishCloses.
-  (void)o.write;
-  (void)o.finish_ok;
+  // write()/finish() after on_disconnect() fail (exchange.hpp).
+  EXPECT_EQ(int(o.write), int(WriteStatus::kError));
+  EXPECT_FALSE(o.finish_ok);
   EXPECT_EQ(app.errors.load(), 0) << ::testing::PrintToString(on_loop(loop, [&] { return app.take_errors(); }));
 }
 
@@ -1466,14 +1465,14 @@ TEST(Async, ClientCloseWhileThinkingThenAbortCloses) {
 // The documented contract (exchange.hpp, on_disconnect): "the exchange stays valid until the app
 // finishes or aborts it (writes then fail)". A thinking app that answers after the client closed.
 //
-// DISABLED: engine bug (or exchange.hpp is wrong). on_disconnect() is called on the peer's FIN
+// Regression (was an engine bug). on_disconnect() is called on the peer's FIN
 // (peer_eof_), but nothing sets failed_, and write() only checks failed_: the first write() after
 // on_disconnect() returns kOk (the kernel accepts bytes for a peer that has closed; its RST comes
 // back later) and finish() returns true. The connection does close afterwards (the next step sees
 // peer_eof_ in kReadHead). Reproduction: GET /think, client close(), wait for on_disconnect, then
 // from a task start_response + write("x", 1) -> kOk (expected kError) and finish() -> true.
 // ClientCloseWhileWaitingForBodyIsReportedOnce hits the same thing after a body read failed.
-TEST(Async, DISABLED_ClientCloseWhileThinkingThenWritesFailAndFinishCloses) {
+TEST(Async, ClientCloseWhileThinkingThenWritesFailAndFinishCloses) {
   AsyncApp app;
   EventLoop loop(async_config(), app);
   Client c(loop.port());
@@ -1655,14 +1654,14 @@ TEST(Async, BodyTimeoutAppliesWhileTheAppWaitsForTheClient) {
 // An app that asked for the body and then withdrew (want_body(false) from a task: a cancelled
 // receive()) is thinking again, and a thinking app has no timeout.
 //
-// DISABLED: engine bug. Connection::want_body(false) only clears the flag (want_body(true) kicks,
+// Regression (was an engine bug). Connection::want_body(false) only clears the flag (want_body(true) kicks,
 // false does not), so the io timer armed by the step that ran with want_body on stays armed; the
 // next drive() would disarm it (arm_timer_for_state: kInApp, !paused_, !want_body_), but none comes
 // while the app thinks. After body_timeout_ms the connection is closed under the thinking app
 // (on_abort) although it no longer waits for the client. Reproduction: body_timeout_ms=200, POST
 // with Content-Length 100000 and no body, detach; task: want_body(true); next task (after a step):
 // want_body(false); reply 800 ms later -> the client sees EOF at ~200 ms, on_abort is called.
-TEST(Async, DISABLED_WantBodyOffFromATaskStopsTheBodyTimer) {
+TEST(Async, WantBodyOffFromATaskStopsTheBodyTimer) {
   ServerConfig cfg = async_config();
   cfg.body_timeout_ms = 200;
   AsyncApp app;

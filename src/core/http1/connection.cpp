@@ -817,7 +817,8 @@ Exchange::StartError Connection::start_response(int status, std::string_view rea
 }
 
 Exchange::WriteStatus Connection::write(const char* data, size_t n) noexcept {
-  if (failed_ || !started_ || finished_) return WriteStatus::kError;
+  // After on_disconnect() the client is gone for the app: its output goes nowhere.
+  if (failed_ || disconnect_told_ || !started_ || finished_) return WriteStatus::kError;
   if (no_body_ || n == 0) return WriteStatus::kOk;
   if (declared_len_ >= 0) {
     uint64_t room = uint64_t(declared_len_) - sent_;
@@ -899,7 +900,7 @@ Exchange::WriteStatus Connection::queue_status() noexcept {
 }
 
 Exchange::WriteStatus Connection::send_file(int fd, int64_t offset, int64_t count) noexcept {
-  if (failed_ || !started_ || finished_) return WriteStatus::kError;
+  if (failed_ || disconnect_told_ || !started_ || finished_) return WriteStatus::kError;
   if (count < 0) {
     struct stat st;
     if (fstat(fd, &st) != 0) return WriteStatus::kError;
@@ -978,7 +979,7 @@ bool Connection::flush_blocking() noexcept {
 
 void Connection::want_body(bool on) noexcept {
   want_body_ = on;
-  if (on && !in_drive_) kick();
+  if (!in_drive_) kick();  // on: read for the app; off: stop the body timer (the app thinks)
 }
 
 // The app acted outside drive() (an async app's send or receive): flush now, so the bytes leave
@@ -1006,6 +1007,10 @@ bool Connection::wait_drained() noexcept {
 
 bool Connection::finish() noexcept {
   if (finished_) return !failed_;
+  if (disconnect_told_) {
+    abort();  // nobody to finish for: close
+    return false;
+  }
   if (!started_) {
     send_simple(500, "Internal Server Error\n", true);
     return !failed_;
