@@ -110,12 +110,14 @@ PyObject* ready_next(PyObject* o) {
 
 PyAsyncMethods ready_async = {ready_await, nullptr, nullptr, nullptr};
 
-Ref ready_none;  // the shared Ready(None)
+// The shared Ready(None). A raw pointer on purpose: a static Ref would be released by a C++
+// destructor after the interpreter finalized (a crash at exit on 3.13).
+PyObject* ready_none = nullptr;
 
 PyObject* make_ready(PyObject* value) noexcept {  // steals value (may be null for None)
   if (!value) {
-    Py_INCREF(ready_none.get());
-    return ready_none.get();
+    Py_INCREF(ready_none);
+    return ready_none;
   }
   auto* r = PyObject_New(ReadyObject, &ReadyType);
   if (!r) {
@@ -300,8 +302,8 @@ PyObject* send_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject*
     }
     if (c->disconnected || !c->ex) {
       c->started = true;  // nobody to send to (as Uvicorn: sends after a disconnect are dropped)
-      Py_INCREF(ready_none.get());
-      return ready_none.get();
+      Py_INCREF(ready_none);
+      return ready_none;
     }
     if (code < 200 || code > 999) {
       PyErr_Format(PyExc_RuntimeError, "invalid HTTP status %ld in http.response.start", code);
@@ -319,8 +321,8 @@ PyObject* send_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject*
         return nullptr;
     }
     c->started = true;
-    Py_INCREF(ready_none.get());
-    return ready_none.get();
+    Py_INCREF(ready_none);
+    return ready_none;
   }
   // http.response.body
   if (!c->started) return runtime_error("Expected ASGI message 'http.response.start', but got '%S'.", type);
@@ -357,8 +359,8 @@ PyObject* send_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject*
   if (!more_body) c->complete = true;
   if (c->disconnected || !c->ex) {
     if (have_view) PyBuffer_Release(&view);
-    Py_INCREF(ready_none.get());
-    return ready_none.get();  // dropped, as Uvicorn does once the client is gone
+    Py_INCREF(ready_none);
+    return ready_none;  // dropped, as Uvicorn does once the client is gone
   }
   Exchange* ex = c->ex;
   Exchange::WriteStatus ws = Exchange::WriteStatus::kOk;
@@ -370,14 +372,14 @@ PyObject* send_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject*
       ex->abort();
       c->h->detach(c);
     }
-    Py_INCREF(ready_none.get());
-    return ready_none.get();
+    Py_INCREF(ready_none);
+    return ready_none;
   }
   if (!more_body) {
     ex->finish();
     c->h->detach(c);  // a pending receive() now gets http.disconnect
-    Py_INCREF(ready_none.get());
-    return ready_none.get();
+    Py_INCREF(ready_none);
+    return ready_none;
   }
   if (ws == Exchange::WriteStatus::kPause) {
     // The socket is full: this send() completes when the engine drained the queue.
@@ -387,8 +389,8 @@ PyObject* send_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject*
     Py_XSETREF(c->send_future, fut);
     return fut;
   }
-  Py_INCREF(ready_none.get());
-  return ready_none.get();
+  Py_INCREF(ready_none);
+  return ready_none;
 }
 
 // call.app_done() / call.app_error(exc): from the run helper when the app's coroutine ended.
@@ -783,7 +785,7 @@ bool asgi_init_types(PyObject* module) noexcept {
   auto* r = PyObject_New(ReadyObject, &ReadyType);
   if (!r) return false;
   r->value = nullptr;
-  ready_none = Ref::steal(reinterpret_cast<PyObject*>(r));
+  ready_none = reinterpret_cast<PyObject*>(r);
   (void)module;
   return true;
 }
