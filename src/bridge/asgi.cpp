@@ -527,24 +527,7 @@ PyObject* AsgiHandler::Impl::build_scope(Exchange& ex) noexcept {
   std::string& buf = scratch;
   buf.assign(root_path);
   std::string_view raw = rq.path;
-  for (size_t i = 0; i < raw.size(); ++i) {
-    char ch = raw[i];
-    if (ch == '%' && i + 2 < raw.size()) {
-      auto hex = [](char x) -> int {
-        if (x >= '0' && x <= '9') return x - '0';
-        if (x >= 'a' && x <= 'f') return x - 'a' + 10;
-        if (x >= 'A' && x <= 'F') return x - 'A' + 10;
-        return -1;
-      };
-      int hi = hex(raw[i + 1]), lo = hex(raw[i + 2]);
-      if (hi >= 0 && lo >= 0) {
-        buf.push_back(char(hi * 16 + lo));
-        i += 2;
-        continue;
-      }
-    }
-    buf.push_back(ch);
-  }
+  base::append_percent_decoded(raw, buf);
   if (!set(N->path.get(), PyUnicode_DecodeUTF8(buf.data(), Py_ssize_t(buf.size()), "replace"))) return nullptr;
   buf.assign(root_path);
   buf.append(raw);

@@ -556,24 +556,7 @@ PyObject* WsgiHandler::Impl::build_environ(Exchange& ex, PyObject* input) noexce
   std::string_view raw = rq.path;
   std::string& buf = scratch;
   buf.clear();
-  for (size_t i = 0; i < raw.size(); ++i) {
-    char c = raw[i];
-    if (c == '%' && i + 2 < raw.size()) {
-      auto hex = [](char h) -> int {
-        if (h >= '0' && h <= '9') return h - '0';
-        if (h >= 'a' && h <= 'f') return h - 'a' + 10;
-        if (h >= 'A' && h <= 'F') return h - 'A' + 10;
-        return -1;
-      };
-      int hi = hex(raw[i + 1]), lo = hex(raw[i + 2]);
-      if (hi >= 0 && lo >= 0) {
-        buf.push_back(char(hi * 16 + lo));
-        i += 2;
-        continue;
-      }
-    }
-    buf.push_back(c);
-  }
+  base::append_percent_decoded(raw, buf);
   std::string_view path = buf;
   if (!root_path.empty() && path.substr(0, root_path.size()) == root_path &&
       (path.size() == root_path.size() || path[root_path.size()] == '/')) {

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace fulmen::base {
@@ -87,6 +88,30 @@ constexpr bool parse_u64(std::string_view s, uint64_t* out) noexcept {
   }
   *out = v;
   return true;
+}
+
+constexpr int hex_value(char x) noexcept {
+  if (x >= '0' && x <= '9') return x - '0';
+  if (x >= 'a' && x <= 'f') return x - 'a' + 10;
+  if (x >= 'A' && x <= 'F') return x - 'A' + 10;
+  return -1;
+}
+
+// Appends `raw` to `out` with every valid %XX escape decoded; a '%' not followed by two hex
+// digits is kept as it is (the lenient reading WSGI and ASGI servers share).
+inline void append_percent_decoded(std::string_view raw, std::string& out) {
+  for (size_t i = 0; i < raw.size(); ++i) {
+    char c = raw[i];
+    if (c == '%' && i + 2 < raw.size()) {
+      int hi = hex_value(raw[i + 1]), lo = hex_value(raw[i + 2]);
+      if (hi >= 0 && lo >= 0) {
+        out.push_back(char(hi * 16 + lo));
+        i += 2;
+        continue;
+      }
+    }
+    out.push_back(c);
+  }
 }
 
 }  // namespace fulmen::base
