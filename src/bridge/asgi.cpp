@@ -171,9 +171,6 @@ struct AsgiHandler::Impl {
   Ref root_path_str, root_path_bytes;
   std::string scratch;
   std::vector<http1::Header> resp_headers;  // views into the app's header bytes, per response
-  PyObject* fatal_type = nullptr;  // owned: KeyboardInterrupt/SystemExit escaping a task start
-  PyObject* fatal_value = nullptr;
-  PyObject* fatal_tb = nullptr;
 
   PyObject* build_scope(Exchange& ex) noexcept;
   PyObject* body_message(CallObject* c) noexcept;  // new ref or null (error set)
@@ -597,32 +594,7 @@ std::unique_ptr<AsgiHandler> AsgiHandler::create(PyObject* app, PyObject* error_
 
 AsgiHandler::AsgiHandler(PyObject* error_log) noexcept : PyHandler(error_log) {}
 
-AsgiHandler::~AsgiHandler() {
-  if (impl_) {
-    Py_XDECREF(impl_->fatal_type);
-    Py_XDECREF(impl_->fatal_value);
-    Py_XDECREF(impl_->fatal_tb);
-  }
-}
-
-void AsgiHandler::set_fatal() noexcept {
-  Impl& im = *impl_;
-  if (!im.fatal_type) {
-    PyErr_Fetch(&im.fatal_type, &im.fatal_value, &im.fatal_tb);
-    PyErr_NormalizeException(&im.fatal_type, &im.fatal_value, &im.fatal_tb);
-  } else {
-    PyErr_Clear();
-  }
-  if (stop_) stop_();
-}
-
-void AsgiHandler::take_fatal(PyObject** type, PyObject** value, PyObject** tb) noexcept {
-  Impl& im = *impl_;
-  *type = im.fatal_type;
-  *value = im.fatal_value;
-  *tb = im.fatal_tb;
-  im.fatal_type = im.fatal_value = im.fatal_tb = nullptr;
-}
+AsgiHandler::~AsgiHandler() = default;
 
 bool AsgiHandler::attach(PyObject* loop, PyObject* state) noexcept {
   Impl& im = *impl_;

@@ -37,9 +37,6 @@ class AsgiHandler final : public PyHandler {
   void on_abort(http1::Exchange& ex) noexcept override;
   void on_body_ready(http1::Exchange& ex) noexcept override;
   void on_disconnect(http1::Exchange& ex) noexcept override;
-  void take_fatal(PyObject** type, PyObject** value, PyObject** tb) noexcept override;
-  // Keeps a KeyboardInterrupt/SystemExit (the pending exception) for take_fatal and stops.
-  void set_fatal() noexcept;
 
   struct Impl;
 

@@ -26,4 +26,27 @@ void PyHandler::log_message(const char* message) noexcept {
   if (!r) PyErr_WriteUnraisable(error_log_.get());
 }
 
+PyHandler::~PyHandler() {
+  Py_XDECREF(fatal_type_);
+  Py_XDECREF(fatal_value_);
+  Py_XDECREF(fatal_tb_);
+}
+
+void PyHandler::set_fatal() noexcept {
+  if (!fatal_type_) {
+    PyErr_Fetch(&fatal_type_, &fatal_value_, &fatal_tb_);
+    PyErr_NormalizeException(&fatal_type_, &fatal_value_, &fatal_tb_);
+  } else {
+    PyErr_Clear();
+  }
+  if (stop_) stop_();
+}
+
+void PyHandler::take_fatal(PyObject** type, PyObject** value, PyObject** tb) noexcept {
+  *type = fatal_type_;
+  *value = fatal_value_;
+  *tb = fatal_tb_;
+  fatal_type_ = fatal_value_ = fatal_tb_ = nullptr;
+}
+
 }  // namespace fulmen::bridge

@@ -195,10 +195,6 @@ struct WsgiHandler::Impl {
   std::string last_addr_text;  // REMOTE_ADDR of the previous request, and its str
   Ref last_addr;
   Ref cached_sr, cached_input, cached_write;  // reused when nobody else holds them
-  std::function<void()> stop;                // set by the module: stops the server
-  PyObject* fatal_type = nullptr;            // owned: a KeyboardInterrupt/SystemExit from the app
-  PyObject* fatal_value = nullptr;
-  PyObject* fatal_tb = nullptr;
 
   StartResponseObject* take_sr(Exchange* ex) noexcept;
   InputObject* take_input(Exchange* ex) noexcept;
@@ -721,13 +717,7 @@ void WsgiHandler::Impl::fail(StartResponseObject* sr) noexcept {
   if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
     // KeyboardInterrupt, SystemExit: not the app's error to log but a request to stop. Keep the
     // first one for run() to re-raise; answer this request and let the server wind down.
-    if (!fatal_type) {
-      PyErr_Fetch(&fatal_type, &fatal_value, &fatal_tb);
-      PyErr_NormalizeException(&fatal_type, &fatal_value, &fatal_tb);
-    } else {
-      PyErr_Clear();
-    }
-    if (stop) stop();
+    outer->set_fatal();
   } else {
     outer->log_exception("Exception in WSGI application");
   }
@@ -856,22 +846,7 @@ std::unique_ptr<WsgiHandler> WsgiHandler::create(PyObject* app, PyObject* error_
 
 WsgiHandler::WsgiHandler(PyObject* error_log) noexcept : PyHandler(error_log) {}
 
-WsgiHandler::~WsgiHandler() {
-  if (impl_) {
-    Py_XDECREF(impl_->fatal_type);
-    Py_XDECREF(impl_->fatal_value);
-    Py_XDECREF(impl_->fatal_tb);
-  }
-}
-
-void WsgiHandler::set_stop_callback(std::function<void()> cb) noexcept { impl_->stop = std::move(cb); }
-
-void WsgiHandler::take_fatal(PyObject** type, PyObject** value, PyObject** tb) noexcept {
-  *type = impl_->fatal_type;
-  *value = impl_->fatal_value;
-  *tb = impl_->fatal_tb;
-  impl_->fatal_type = impl_->fatal_value = impl_->fatal_tb = nullptr;
-}
+WsgiHandler::~WsgiHandler() = default;
 
 void WsgiHandler::on_request(Exchange& ex) noexcept {
   Impl& im = *impl_;

@@ -42,8 +42,6 @@ class WsgiHandler final : public PyHandler {
   void on_resume(http1::Exchange& ex) noexcept override;
   void on_abort(http1::Exchange& ex) noexcept override;
 
-  void set_stop_callback(std::function<void()> cb) noexcept override;
-  void take_fatal(PyObject** type, PyObject** value, PyObject** tb) noexcept override;
 
   struct Impl;
 
