@@ -18,7 +18,7 @@ struct Names {
   Ref type, asgi, http_version, method, scheme, path, raw_path, query_string, root_path, headers,
       client, server, state, extensions, body, more_body, status, http_request, http_disconnect,
       http_response_start, http_response_body, set_result, done, create_future, http, v1_1, v1_0,
-      empty_bytes, empty_str, asgi_info, run_helper;
+      empty_bytes, empty_str, asgi_info, run_helper, call_soon;
   Ref methods[10];
   Ref disconnect_msg;  // {"type": "http.disconnect"}, shared: receivers must not mutate it
 };
@@ -51,7 +51,7 @@ bool init_names() noexcept {
   K(status, "status"); K(http_request, "http.request"); K(http_disconnect, "http.disconnect");
   K(http_response_start, "http.response.start"); K(http_response_body, "http.response.body");
   K(set_result, "set_result"); K(done, "done"); K(create_future, "create_future");
-  K(http, "http"); K(v1_1, "1.1"); K(v1_0, "1.0"); K(empty_str, "");
+  K(http, "http"); K(v1_1, "1.1"); K(v1_0, "1.0"); K(empty_str, ""); K(call_soon, "call_soon");
 #undef K
   n->empty_bytes = Ref::steal(PyBytes_FromStringAndSize(nullptr, 0));
   n->asgi_info = Ref::steal(Py_BuildValue("{ssss}", "version", "3.0", "spec_version", "2.4"));
@@ -156,6 +156,43 @@ struct SendObject {
 PyTypeObject CallType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 PyTypeObject SendType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
+// The call_soon stand-in of start_task() (Python 3.10/3.11): keeps the first callback it gets
+// (the new Task's first step) and its context instead of scheduling it; anything else goes to
+// the loop's real call_soon.
+struct StepCatcher {
+  PyObject_HEAD
+  vectorcallfunc vectorcall;
+  PyObject* real;      // owned: the loop's bound call_soon
+  PyObject* callback;  // owned: the caught step, until start_task() runs it
+  PyObject* context;   // owned: its context, or null
+};
+
+PyTypeObject StepCatcherType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+void catcher_dealloc(PyObject* o) {
+  auto* k = reinterpret_cast<StepCatcher*>(o);
+  Py_XDECREF(k->real);
+  Py_XDECREF(k->callback);
+  Py_XDECREF(k->context);
+  Py_TYPE(o)->tp_free(o);
+}
+
+PyObject* catcher_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  auto* k = reinterpret_cast<StepCatcher*>(o);
+  Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  PyObject* context = nullptr;
+  bool plain = n == 1 && !k->callback && nkw <= 1;
+  if (plain && nkw == 1) {
+    if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "context") == 0) context = args[1];
+    else plain = false;
+  }
+  if (!plain) return PyObject_Vectorcall(k->real, args, nargsf, kwnames);
+  k->callback = Py_NewRef(args[0]);
+  k->context = context && context != Py_None ? Py_NewRef(context) : nullptr;
+  Py_RETURN_NONE;  // Task() only checks that call_soon did not raise
+}
+
 }  // namespace
 
 struct AsgiHandler::Impl {
@@ -164,8 +201,16 @@ struct AsgiHandler::Impl {
   Ref loop;
   Ref state;                 // lifespan state (a dict) or null
   Ref create_future;         // loop.create_future, looked up once
-  Ref task_factory;          // creates a Task for a coroutine (eager where available)
-  bool eager = false;        // task_factory starts tasks eagerly (Python 3.12+)
+  Ref task_type;             // asyncio.Task
+  Ref task_kwnames;          // ("loop",) or, on 3.12+, ("loop", "eager_start")
+  // Python 3.10/3.11 have no eager tasks. Task() schedules its first step with loop.call_soon,
+  // looked up on the loop object, so for the moment a Task is made, a stand-in call_soon in the
+  // loop's instance dict catches that step and start_task() runs it at once, in the task's
+  // context: what 3.12's eager_start does. Null (tasks are scheduled normally) for a loop
+  // without an instance dict; skipped while someone else has patched call_soon there.
+  Ref loop_dict;
+  Ref step_catcher;          // the stand-in (a StepCatcher)
+  Ref real_call_soon;        // the loop's own call_soon, bound before any shadowing
   std::vector<Ref> server_tuples;  // per listener: (host, port) or None
   std::string root_path;
   Ref root_path_str, root_path_bytes;
@@ -173,6 +218,7 @@ struct AsgiHandler::Impl {
   std::vector<http1::Header> resp_headers;  // views into the app's header bytes, per response
 
   PyObject* build_scope(Exchange& ex) noexcept;
+  PyObject* start_task(PyObject* coro) noexcept;  // new ref to the Task, or null (error set)
   PyObject* body_message(CallObject* c) noexcept;  // new ref or null (error set)
   void resolve(PyObject** fut, PyObject* value) noexcept;
   void detach(CallObject* c) noexcept;
@@ -602,18 +648,73 @@ bool AsgiHandler::attach(PyObject* loop, PyObject* state) noexcept {
   im.state = state && state != Py_None ? Ref::borrow(state) : Ref();
   im.create_future = Ref::steal(PyObject_GetAttr(loop, N->create_future.get()));
   if (!im.create_future) return false;
-  // Python 3.12+: asyncio.Task(coro, loop=loop, eager_start=True) runs the coroutine up to its
-  // first real wait right away; earlier versions schedule it with loop.create_task().
   Ref asyncio = Ref::steal(PyImport_ImportModule("asyncio"));
   if (!asyncio) return false;
+  im.task_type = Ref::steal(PyObject_GetAttrString(asyncio.get(), "Task"));
+  if (!im.task_type) return false;
 #if PY_VERSION_HEX >= 0x030C0000
-  im.task_factory = Ref::steal(PyObject_GetAttrString(asyncio.get(), "Task"));
-  im.eager = true;
+  // asyncio.Task(coro, loop=loop, eager_start=True) runs the coroutine up to its first real
+  // wait right away.
+  im.task_kwnames = Ref::steal(Py_BuildValue("(ss)", "loop", "eager_start"));
+  return bool(im.task_kwnames);
 #else
-  im.task_factory = Ref::steal(PyObject_GetAttrString(loop, "create_task"));
-  im.eager = false;
+  im.task_kwnames = Ref::steal(Py_BuildValue("(s)", "loop"));
+  if (!im.task_kwnames) return false;
+  im.loop_dict = Ref::steal(PyObject_GenericGetDict(loop, nullptr));
+  if (!im.loop_dict) {
+    PyErr_Clear();  // no instance dict (uvloop's own Loop type): tasks are scheduled normally
+    return true;
+  }
+  im.real_call_soon = Ref::steal(PyObject_GetAttr(loop, N->call_soon.get()));
+  auto* k = PyObject_New(StepCatcher, &StepCatcherType);
+  if (!k || !im.real_call_soon) {
+    Py_XDECREF(k);
+    return false;
+  }
+  k->vectorcall = catcher_call;
+  k->real = Py_NewRef(im.real_call_soon.get());
+  k->callback = k->context = nullptr;
+  im.step_catcher = Ref::steal(reinterpret_cast<PyObject*>(k));
+  return true;
 #endif
-  return bool(im.task_factory);
+}
+
+// A Task for the request's coroutine whose first step has already run (it may be done).
+PyObject* AsgiHandler::Impl::start_task(PyObject* coro) noexcept {
+#if PY_VERSION_HEX >= 0x030C0000
+  PyObject* args[3] = {coro, loop.get(), Py_True};
+  return PyObject_Vectorcall(task_type.get(), args, 1, task_kwnames.get());
+#else
+  PyObject* args[2] = {coro, loop.get()};
+  // Someone (a tracing library, the app) patched loop.call_soon on the instance: leave it be.
+  int patched = loop_dict ? PyDict_Contains(loop_dict.get(), N->call_soon.get()) : 1;
+  if (patched) {
+    if (patched < 0) PyErr_Clear();
+    return PyObject_Vectorcall(task_type.get(), args, 1, task_kwnames.get());
+  }
+  if (PyDict_SetItem(loop_dict.get(), N->call_soon.get(), step_catcher.get()) < 0) return nullptr;
+  Ref task = Ref::steal(PyObject_Vectorcall(task_type.get(), args, 1, task_kwnames.get()));
+  {
+    ErrorStash stash;  // the shadow goes whatever happened
+    if (PyDict_DelItem(loop_dict.get(), N->call_soon.get()) < 0) PyErr_Clear();
+  }
+  auto* k = reinterpret_cast<StepCatcher*>(step_catcher.get());
+  Ref step = Ref::steal(k->callback);
+  Ref ctx = Ref::steal(k->context);
+  k->callback = k->context = nullptr;
+  if (!task || !step) return task.release();  // not caught: the loop runs the step as usual
+  // As Handle._run does: the step runs in the task's context.
+  if (ctx && PyContext_Enter(ctx.get()) < 0) return nullptr;
+  Ref r = Ref::steal(PyObject_CallNoArgs(step.get()));
+  if (ctx) {
+    ErrorStash stash;
+    if (PyContext_Exit(ctx.get()) < 0) PyErr_Clear();
+  }
+  // The step raises only what a task re-raises (KeyboardInterrupt, SystemExit): the caller
+  // stops the server. The task has recorded it too.
+  if (!r) return nullptr;
+  return task.release();
+#endif
 }
 
 void AsgiHandler::on_request(Exchange& ex) noexcept {
@@ -651,13 +752,7 @@ void AsgiHandler::on_request(Exchange& ex) noexcept {
   Ref task;
   if (coro) {
     Ref c_ref = Ref::borrow(reinterpret_cast<PyObject*>(c));  // the task may finish eagerly
-#if PY_VERSION_HEX >= 0x030C0000
-    Ref kw = Ref::steal(Py_BuildValue("{sOsO}", "loop", im.loop.get(), "eager_start", Py_True));
-    Ref a = Ref::steal(PyTuple_Pack(1, coro.get()));
-    if (kw && a) task = Ref::steal(PyObject_Call(im.task_factory.get(), a.get(), kw.get()));
-#else
-    task = Ref::steal(PyObject_CallOneArg(im.task_factory.get(), coro.get()));
-#endif
+    task = Ref::steal(im.start_task(coro.get()));
     if (task && c->ex && !c->task) {
       // Still running (not finished eagerly): keep it alive until it reports back.
       c->task = task.release();
@@ -735,7 +830,16 @@ bool asgi_init_types(PyObject* module) noexcept {
   SendType.tp_dealloc = send_dealloc;
   SendType.tp_doc = "The send() callable of one ASGI HTTP request";
 
-  if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&CallType) < 0 || PyType_Ready(&SendType) < 0)
+  StepCatcherType.tp_name = "fulmen._core.StepCatcher";
+  StepCatcherType.tp_basicsize = sizeof(StepCatcher);
+  StepCatcherType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
+  StepCatcherType.tp_vectorcall_offset = offsetof(StepCatcher, vectorcall);
+  StepCatcherType.tp_call = PyVectorcall_Call;
+  StepCatcherType.tp_dealloc = catcher_dealloc;
+  StepCatcherType.tp_doc = "Stands in for loop.call_soon while an ASGI task is made (Python < 3.12)";
+
+  if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&CallType) < 0 || PyType_Ready(&SendType) < 0 ||
+      PyType_Ready(&StepCatcherType) < 0)
     return false;
   auto* r = PyObject_New(ReadyObject, &ReadyType);
   if (!r) return false;

@@ -56,8 +56,21 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
                 raise FulmenError("--loop uvloop: uvloop is not installed (pip install uvloop), "
                                   "or use --loop asyncio") from None
         else:
+            if sys.version_info < (3, 12):
+                return _uvloop_with_dict(uvloop)
             return uvloop.new_event_loop
     return asyncio.new_event_loop
+
+
+def _uvloop_with_dict(uvloop: Any) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's Loop, subclassed only to have an instance __dict__. Before Python 3.12, Fulmen
+    starts each request's Task eagerly by catching its first call_soon on the loop instance
+    (src/bridge/asgi.cpp, start_task); uvloop's own type has no instance dict to do that in."""
+
+    class Loop(uvloop.Loop):  # type: ignore[misc, name-defined]
+        pass
+
+    return Loop
 
 
 def serve_asgi(cfg: dict[str, Any], app: Callable[..., Awaitable[None]], listener: _sockets.Listener,
@@ -266,7 +279,7 @@ class Lifespan:
 
 
 def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    return "uvloop" if any(c.__module__.startswith("uvloop") for c in type(loop).__mro__) else "asyncio"
 
 
 def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:

@@ -244,12 +244,22 @@ _UVICORN_SHIM = (
     "sys.argv[0] = 'uvicorn'\n"
     "main()\n"
 )
+# Every ASGI test runs on each event loop the server can use: the standard asyncio loop and, when
+# installed, uvloop. The two take different paths into the engine on some Pythons (asgi.cpp,
+# start_task), and apps must behave the same on both.
+try:
+    import uvloop  # noqa: F401
+    ASGI_LOOPS = ("asyncio", "uvloop")
+except ImportError:
+    ASGI_LOOPS = ("asyncio",)
+
 UVICORN_READY = re.compile(r"Uvicorn running on (.+) \(Press")
 
 
 def asgi_command(app_spec: str, *, root_path: str | None = None, graceful_timeout: float | None = None,
                  timeout_keep_alive: float | None = None, access_log: bool = True,
-                 interface: str | None = "asgi", extra: tuple[str, ...] = (), fd: int | None = None) -> list[str]:
+                 interface: str | None = "asgi", extra: tuple[str, ...] = (), fd: int | None = None,
+                 loop: str | None = None) -> list[str]:
     """The command line serving `app_spec` with the server under test (fd: the listening socket
     Uvicorn inherits). interface=None leaves Fulmen's --interface to its default (auto)."""
     if ASGI_SERVER == "uvicorn":
@@ -268,6 +278,8 @@ def asgi_command(app_spec: str, *, root_path: str | None = None, graceful_timeou
         args += ["--timeout-keep-alive", str(timeout_keep_alive)]
     if not access_log:
         args.append("--no-access-log")
+    if loop is not None:
+        args += ["--loop", loop]
     return [*args, *extra, app_spec]
 
 
@@ -299,13 +311,25 @@ def asgi_kind() -> str:
     return ASGI_SERVER
 
 
+@pytest.fixture(params=ASGI_LOOPS)
+def asgi_loop(request) -> str:
+    """The --loop the ASGI server under test runs with (each test runs on every one)."""
+    return request.param
+
+
+@pytest.fixture(scope="module", params=ASGI_LOOPS)
+def shared_asgi_loop(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def asgi_server():
+def asgi_server(asgi_loop):
     """Factory: asgi_server("asgi_probe:app", root_path=..., graceful_timeout=..., env={...})
     starts the ASGI server under test and returns a ready Server; all are killed at test end."""
     started: list[Server] = []
 
     def start(app_spec: str, env: dict[str, str | None] | None = None, **options) -> Server:
+        options.setdefault("loop", asgi_loop)
         srv = start_asgi(app_spec, env, **options)
         started.append(srv)
         return srv
@@ -316,11 +340,12 @@ def asgi_server():
 
 
 @pytest.fixture(scope="module")
-def shared_asgi_server():
+def shared_asgi_server(shared_asgi_loop):
     """Like asgi_server, but one process per distinct set of options for the whole module."""
     running: dict[tuple, Server] = {}
 
     def start(app_spec: str, **options) -> Server:
+        options.setdefault("loop", shared_asgi_loop)
         key = (app_spec, *sorted(options.items()))
         srv = running.get(key)
         if srv is None or srv.proc.poll() is not None:

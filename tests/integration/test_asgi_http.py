@@ -792,6 +792,34 @@ def test_current_task_and_running_loop(probe):
     assert got["task_loop_is_running_loop"], got
     assert got["sniffio"] == "asyncio"
     assert got["cancelling"] in (0, None)
+    # Before Python 3.12 the task's first step is caught from loop.call_soon for a moment
+    # (asgi.cpp, start_task); the app never sees that.
+    assert got["call_soon_not_shadowed"], got
+
+
+@pytest.mark.skipif(ASGI_SERVER != "fulmen", reason="Fulmen's own behaviour (as for WSGI apps)")
+@pytest.mark.parametrize("exc, code", [("interrupt", 130), ("exit", 4)])
+@pytest.mark.parametrize("later", ["0", "1"], ids=["first-step", "after-await"])
+def test_keyboard_interrupt_or_system_exit_in_the_app_stops_the_server(asgi_server, exc, code, later):
+    srv = asgi_server("asgi_probe:app")
+    r = exchange(srv.port, get(f"/interrupt?exc={exc}&later={later}"))
+    assert r.status == 500
+    assert srv.proc.wait(15) == code, srv.output
+
+
+def test_app_patching_loop_call_soon_is_left_alone(probe):
+    got = json.loads(exchange(probe.port, get("/patch-call-soon")).body)
+    if not got["patched"]:
+        pytest.skip("this event loop has no instance __dict__ to patch")
+    assert got["calls"] >= 1, got
+    try:
+        for _ in range(3):  # requests while the patch is in place still work, through it
+            t = json.loads(exchange(probe.port, get("/task")).body)
+            assert t["has_task"] and t["same_task_after_await"], t
+    finally:
+        after = json.loads(exchange(probe.port, get("/unpatch-call-soon")).body)
+    assert after["still_patched"], after
+    assert after["calls"] > got["calls"], after
 
 
 def test_anyio_task_groups_cancel_scopes_and_threads(probe):

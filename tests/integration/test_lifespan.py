@@ -364,7 +364,9 @@ def test_fake_engine_runs_on_the_chosen_loop(fake_serve, loop):
     seen = []
 
     async def which_loop(srv):
-        seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+        # uvloop's Loop or a subclass of it (Fulmen adds an instance dict before Python 3.12)
+        mro = type(asyncio.get_running_loop()).__mro__
+        seen.append("uvloop" if any(c.__module__.startswith("uvloop") for c in mro) else "asyncio")
         srv.stop()
 
     fake_serve(_lifespan_app().no_lifespan, FakeEngine([which_loop]), loop=loop)

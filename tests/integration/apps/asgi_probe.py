@@ -342,7 +342,48 @@ async def task_info(scope, receive, send, q):
         "sniffio": sniffio.current_async_library(),
         "loop_type": type(loop).__module__ + "." + type(loop).__name__,
         "cancelling": task.cancelling() if task is not None and hasattr(task, "cancelling") else None,
+        "call_soon_not_shadowed": "call_soon" not in getattr(loop, "__dict__", {}),
     })
+
+
+async def interrupt(scope, receive, send, q):
+    # KeyboardInterrupt / SystemExit from the app: raised in the task's first step (which the
+    # server may run eagerly, inside its own step) or in a later one (run by the loop).
+    if q.get("later") == "1":
+        await asyncio.sleep(0.01)
+    if q.get("exc") == "exit":
+        raise SystemExit(4)
+    raise KeyboardInterrupt
+
+
+CALL_SOON_PATCH = {"fn": None, "calls": 0}
+
+
+async def patch_call_soon(scope, receive, send, q):
+    # What a tracing library might do: wrap the loop's call_soon on the instance. The server must
+    # leave such a patch alone (and go through it).
+    loop = asyncio.get_running_loop()
+    if not hasattr(loop, "__dict__"):
+        await respond_json(send, {"patched": False})
+        return
+    real = loop.call_soon
+
+    def counting(*args, **kwargs):
+        CALL_SOON_PATCH["calls"] += 1
+        return real(*args, **kwargs)
+
+    CALL_SOON_PATCH.update(fn=counting, calls=0)
+    loop.call_soon = counting
+    await asyncio.sleep(0)  # the task's next step is scheduled through the patch
+    await respond_json(send, {"patched": True, "calls": CALL_SOON_PATCH["calls"]})
+
+
+async def unpatch_call_soon(scope, receive, send, q):
+    loop = asyncio.get_running_loop()
+    still = vars(loop).get("call_soon") is CALL_SOON_PATCH["fn"]
+    if still:
+        del loop.call_soon
+    await respond_json(send, {"still_patched": still, "calls": CALL_SOON_PATCH["calls"]})
 
 
 async def anyio_route(scope, receive, send, q):
@@ -417,7 +458,8 @@ ROUTES = {
     "/raise-after-cl": raise_after_cl, "/no-response": no_response,
     "/return-after-start": return_after_start, "/return-mid-body": return_mid_body, "/misuse": misuse,
     "/sleep": sleep, "/slow-then-disconnect": slow_then_disconnect, "/ctx": ctx, "/task": task_info,
-    "/anyio": anyio_route, "/executor": executor, "/tcp": tcp,
+    "/anyio": anyio_route, "/executor": executor, "/tcp": tcp, "/patch-call-soon": patch_call_soon,
+    "/unpatch-call-soon": unpatch_call_soon, "/interrupt": interrupt,
 }
 
 
