@@ -214,11 +214,21 @@ struct AsgiHandler::Impl {
   std::vector<Ref> server_tuples;  // per listener: (host, port) or None
   std::string root_path;
   Ref root_path_str, root_path_bytes;
+  Ref scope_proto;           // every scope key in order; constants set, the rest None (attach())
   std::string scratch;
+  // scope["client"] tuples, direct-mapped by port: a keep-alive connection's requests share one.
+  struct ClientEntry {
+    int port = -1;
+    std::string addr;
+    Ref tuple;
+  };
+  ClientEntry clients[64];
   std::vector<http1::Header> resp_headers;  // views into the app's header bytes, per response
 
   PyObject* build_scope(Exchange& ex) noexcept;
   PyObject* start_task(PyObject* coro) noexcept;  // new ref to the Task, or null (error set)
+  bool build_scope_proto() noexcept;
+  PyObject* client_tuple(Exchange& ex) noexcept;  // new ref, or null (error set)
   PyObject* body_message(CallObject* c) noexcept;  // new ref or null (error set)
   void resolve(PyObject** fut, PyObject* value) noexcept;
   void detach(CallObject* c) noexcept;
@@ -543,9 +553,44 @@ PyObject* AsgiHandler::Impl::body_message(CallObject* c) noexcept {
                        more ? Py_True : Py_False);
 }
 
+// The scope's keys in the order Uvicorn gives them, constants filled in: each request's scope is
+// a copy (one allocation of the right size, keys shared) whose other values are then replaced.
+bool AsgiHandler::Impl::build_scope_proto() noexcept {
+  Ref d = Ref::steal(PyDict_New());
+  if (!d) return false;
+  PyObject* keys[] = {N->type.get(), N->asgi.get(), N->http_version.get(), N->method.get(),
+                      N->scheme.get(), N->path.get(), N->raw_path.get(), N->query_string.get(),
+                      N->root_path.get(), N->headers.get(), N->client.get(), N->server.get(),
+                      N->state.get(), N->extensions.get()};
+  for (PyObject* k : keys) {
+    if (k == N->state.get() && !state) continue;
+    PyObject* v = Py_None;
+    if (k == N->type.get() || k == N->scheme.get()) v = N->http.get();
+    else if (k == N->asgi.get()) v = N->asgi_info.get();
+    else if (k == N->root_path.get()) v = root_path_str.get();
+    if (PyDict_SetItem(d.get(), k, v) < 0) return false;
+  }
+  scope_proto = std::move(d);
+  return true;
+}
+
+PyObject* AsgiHandler::Impl::client_tuple(Exchange& ex) noexcept {
+  std::string_view addr = ex.remote_addr();
+  int port = ex.remote_port();
+  ClientEntry& e = clients[(uint32_t(port) * 2654435761u) >> 26];
+  if (e.tuple && e.port == port && e.addr == addr) return Py_NewRef(e.tuple.get());
+  Ref host = Ref::steal(PyUnicode_DecodeLatin1(addr.data(), Py_ssize_t(addr.size()), nullptr));
+  Ref t = host ? Ref::steal(Py_BuildValue("(Oi)", host.get(), port)) : Ref();
+  if (!t) return nullptr;
+  e.port = port;
+  e.addr.assign(addr);
+  e.tuple = t;
+  return t.release();
+}
+
 PyObject* AsgiHandler::Impl::build_scope(Exchange& ex) noexcept {
   const http1::Request& rq = ex.request();
-  Ref scope = Ref::steal(PyDict_New());
+  Ref scope = Ref::steal(PyDict_Copy(scope_proto.get()));
   if (!scope) return nullptr;
   PyObject* d = scope.get();
   auto set = [d](PyObject* k, PyObject* v) -> bool {  // v: new reference
@@ -555,16 +600,13 @@ PyObject* AsgiHandler::Impl::build_scope(Exchange& ex) noexcept {
     return r == 0;
   };
   auto set_borrowed = [d](PyObject* k, PyObject* v) -> bool { return PyDict_SetItem(d, k, v) == 0; };
-  if (!set_borrowed(N->type.get(), N->http.get()) || !set_borrowed(N->asgi.get(), N->asgi_info.get()) ||
-      !set_borrowed(N->http_version.get(), rq.version_minor ? N->v1_1.get() : N->v1_0.get()))
-    return nullptr;
+  if (!set_borrowed(N->http_version.get(), rq.version_minor ? N->v1_1.get() : N->v1_0.get())) return nullptr;
   int mid = int(rq.method_id);
   if (mid > 0 && mid < 10) {
     if (!set_borrowed(N->method.get(), N->methods[mid].get())) return nullptr;
   } else if (!set(N->method.get(), PyUnicode_DecodeLatin1(rq.method.data(), Py_ssize_t(rq.method.size()), nullptr))) {
     return nullptr;
   }
-  if (!set_borrowed(N->scheme.get(), N->http.get())) return nullptr;
   // path: root_path + the percent-decoded target path, UTF-8 with invalid bytes replaced (as
   // Uvicorn does); raw_path: the same bytes undecoded.
   std::string& buf = scratch;
@@ -578,7 +620,6 @@ PyObject* AsgiHandler::Impl::build_scope(Exchange& ex) noexcept {
   if (!set(N->query_string.get(), rq.query.empty() ? Py_NewRef(N->empty_bytes.get())
                                                    : PyBytes_FromStringAndSize(rq.query.data(), Py_ssize_t(rq.query.size()))))
     return nullptr;
-  if (!set_borrowed(N->root_path.get(), root_path_str.get())) return nullptr;
   Ref headers = Ref::steal(PyList_New(Py_ssize_t(rq.num_headers)));
   if (!headers) return nullptr;
   char lower[256];
@@ -603,12 +644,7 @@ PyObject* AsgiHandler::Impl::build_scope(Exchange& ex) noexcept {
     PyList_SET_ITEM(headers.get(), Py_ssize_t(i), pair);
   }
   if (!set_borrowed(N->headers.get(), headers.get())) return nullptr;
-  if (!ex.remote_addr().empty()) {
-    Ref host = Ref::steal(PyUnicode_DecodeLatin1(ex.remote_addr().data(), Py_ssize_t(ex.remote_addr().size()), nullptr));
-    if (!host || !set(N->client.get(), Py_BuildValue("(Oi)", host.get(), ex.remote_port()))) return nullptr;
-  } else if (!set_borrowed(N->client.get(), Py_None)) {
-    return nullptr;
-  }
+  if (!ex.remote_addr().empty() && !set(N->client.get(), client_tuple(ex))) return nullptr;
   if (!set_borrowed(N->server.get(), server_tuples[size_t(ex.listener_index())].get())) return nullptr;
   if (state && !set(N->state.get(), PyDict_Copy(state.get()))) return nullptr;
   if (!set(N->extensions.get(), PyDict_New())) return nullptr;
@@ -647,7 +683,7 @@ bool AsgiHandler::attach(PyObject* loop, PyObject* state) noexcept {
   im.loop = Ref::borrow(loop);
   im.state = state && state != Py_None ? Ref::borrow(state) : Ref();
   im.create_future = Ref::steal(PyObject_GetAttr(loop, N->create_future.get()));
-  if (!im.create_future) return false;
+  if (!im.create_future || !im.build_scope_proto()) return false;
   Ref asyncio = Ref::steal(PyImport_ImportModule("asyncio"));
   if (!asyncio) return false;
   im.task_type = Ref::steal(PyObject_GetAttrString(asyncio.get(), "Task"));
