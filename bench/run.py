@@ -142,6 +142,7 @@ class Server:
     description: str
     apps: tuple[str, ...] = WSGI_APPS  # which apps it can serve
     stop_signal: int = signal.SIGTERM
+    env = {}  # extra environment of its process (not a dataclass field; variants set their own)
 
     def command(self, ctx: "Context", app: str, port: int, workdir: Path) -> list[str]:
         raise NotImplementedError
@@ -201,6 +202,17 @@ class FulmenThreads(Fulmen):
 class FulmenAsyncio(Fulmen):
     # ASGI on the standard library's asyncio loop instead of uvloop.
     loop = "asyncio"
+
+
+class FulmenBridge(Fulmen):
+    # The same engine and loop as "fulmen" with another engine/loop bridge, to measure Fulmen's
+    # design (the engine's epoll fd watched by the loop, the app started in the same callback)
+    # against the peers' ideas: "poll" polls the engine from loop callbacks as socketify does,
+    # "hop" has a thread wait for I/O and hand each wake-up to the loop, as Granian's runtime
+    # thread does (per request there).
+    def __init__(self, name, doc, bridge, **kw):
+        super().__init__(name, doc, **kw)
+        self.env = {"FULMEN_BENCH_ASGI_BRIDGE": bridge}
 
 
 class BenchVenvServer(Server):
@@ -278,6 +290,17 @@ class Uvicorn(BenchVenvServer):
                 "--app-dir", str(APPS_DIR), f"{app}:app"]
 
 
+class Socketify(BenchVenvServer):
+    exe = "python"
+
+    def command(self, ctx, app, port, workdir):
+        # socketify.py: uWebSockets (C++) under a Python asyncio loop. Its loop runs the native
+        # loop with run_once from loop callbacks, so it polls: call_soon while busy, call_later
+        # every 10 ms once idle (socketify/loop.py). --idle-check measures what that costs.
+        return [self.path(), "-m", "socketify", f"{app}:app", "--host", HOST, "--port", str(port),
+                "--workers", "1", "--interface", "asgi", "--ws", "none", "--disable-listen-log", "true"]
+
+
 class Hypercorn(BenchVenvServer):
     exe = "hypercorn"
 
@@ -345,6 +368,11 @@ SERVERS: dict[str, Server] = {
         FulmenThreads("fulmen-t4", "Fulmen with --threads 4 (app on a thread pool)"),
         FulmenAsyncio("fulmen-asyncio", "Fulmen serving ASGI on the standard asyncio loop (--loop asyncio)",
                       apps=ASGI_APPS),
+        FulmenBridge("fulmen-poll", "Fulmen (uvloop) polling its engine from loop callbacks, socketify's "
+                     "design (FULMEN_BENCH_ASGI_BRIDGE=poll; for comparison only)", "poll", apps=ASGI_APPS),
+        FulmenBridge("fulmen-hop", "Fulmen (uvloop) with a thread that waits for I/O and hops to the loop, "
+                     "Granian's design (FULMEN_BENCH_ASGI_BRIDGE=hop; for comparison only)", "hop",
+                     apps=ASGI_APPS),
         GunicornSync("gunicorn-sync", "gunicorn, 1 sync worker (no keep-alive by design)"),
         GunicornGthread("gunicorn-gthread", "gunicorn, 1 gthread worker with 4 threads"),
         Granian("granian", "granian, 1 worker, 1 runtime thread; WSGI with 4 blocking threads, "
@@ -352,6 +380,8 @@ SERVERS: dict[str, Server] = {
         UWSGI("uwsgi", "uWSGI --http-socket (no keep-alive), 1 process, 1 thread, with master"),
         Uvicorn("uvicorn", "Uvicorn, one process, --loop uvloop --http httptools", apps=ASGI_APPS),
         Hypercorn("hypercorn", "Hypercorn, 1 worker, -k uvloop", apps=ASGI_APPS),
+        Socketify("socketify", "socketify.py, 1 worker, --interface asgi (uWebSockets polled from asyncio)",
+                  apps=ASGI_APPS),
         GunicornUvicorn("gunicorn-uvicorn", "gunicorn, 1 uvicorn_worker.UvicornWorker (uvloop + httptools)",
                         apps=ASGI_APPS),
         Nginx("nginx", "nginx, 1 worker, `return 200` (static ceiling, hello only)",
@@ -796,11 +826,14 @@ class Instance:
 
     def start(self) -> str | None:
         shown = shlex.join(self.cmd).replace(str(self.workdir), "$TMPDIR").replace(str(ROOT) + "/", "")
+        if self.server.env:
+            shown = " ".join(f"{k}={v}" for k, v in self.server.env.items()) + " " + shown
         self.ctx.commands.setdefault(self.server.name, {})[self.app] = shown.replace(str(self.port), "$PORT")
         self.logf = open(self.log_path, "wb")
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
         env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.update(self.server.env)
         env.update(self.env or {})
         self.proc = spawn(self.cmd, stdout=self.logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                           cwd=str(APPS_DIR), env=env)

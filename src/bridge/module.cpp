@@ -2,6 +2,11 @@
 // discipline around it. Inline mode (threads == 1) holds the GIL while it runs Python and gives it
 // up only while epoll_wait or a blocking read waits; pool mode runs the loop without the GIL and
 // the app on N Python threads.
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <condition_variable>
@@ -87,6 +92,18 @@ struct State {
   // {"context": <a copy of serve_asyncio's caller context>}: steps scheduled from inside an app's
   // task must not run in (and hand to the next request's task) that task's context.
   Ref ctx_kwargs;
+  // How the loop learns that the engine has work (serve_asyncio(bridge=...)). kReader is
+  // Fulmen's design; kPoll and kHop exist so the benchmark can measure the alternatives the
+  // peers use (docs/architecture.md): polling the engine from loop callbacks (socketify), and a
+  // thread that waits for I/O and hops to the loop thread (Granian).
+  enum class Bridge { kReader, kPoll, kHop } bridge = Bridge::kReader;
+  Ref poll_fn, hop_fn, call_soon_threadsafe;
+  std::thread hop_thread;
+  int hop_stop_fd = -1;
+  std::atomic<bool> hop_stop{false};
+  std::mutex hop_mu;
+  std::condition_variable hop_cv;
+  bool hop_pending = false;  // a hop was handed to the loop and has not run yet
   int64_t timer_deadline_ms = -1;  // CLOCK_MONOTONIC ms the timer_handle fires at
   bool step_scheduled = false;     // a call_soon(step) is pending
   int threads = 1;
@@ -129,6 +146,8 @@ void PyLogger::log(base::LogLevel, std::string_view message) noexcept {
   s_->handler->log_message(m.c_str());
 }
 
+void stop_hop_thread(State* s);
+
 struct ServerObject {
   PyObject_HEAD
   State* state;  // owned (new/delete): C++ objects with destructors cannot live in a PyObject
@@ -140,6 +159,7 @@ void server_dealloc(PyObject* o) {
     Py_XDECREF(self->state->pending_type);
     Py_XDECREF(self->state->pending_value);
     Py_XDECREF(self->state->pending_tb);
+    stop_hop_thread(self->state);
     if (!self->state->abandoned) delete self->state;
   }
   Py_TYPE(o)->tp_free(o);
@@ -377,9 +397,29 @@ bool schedule_timer(State* s) {
   return bool(s->timer_handle);
 }
 
+// Ends the kHop thread (called with the GIL held; it is released while joining, since the
+// thread may be waiting for it).
+void stop_hop_thread(State* s) {
+  if (!s->hop_thread.joinable()) return;
+  s->hop_stop.store(true);
+  uint64_t one = 1;
+  ssize_t w = write(s->hop_stop_fd, &one, sizeof one);
+  (void)w;
+  {
+    std::lock_guard<std::mutex> lk(s->hop_mu);
+    s->hop_cv.notify_all();
+  }
+  Py_BEGIN_ALLOW_THREADS s->hop_thread.join();
+  Py_END_ALLOW_THREADS close(s->hop_stop_fd);
+  s->hop_stop_fd = -1;
+}
+
 void finish_asyncio(State* s) {
   ErrorStash stash;
-  Ref r = Ref::steal(PyObject_CallMethod(s->loop.get(), "remove_reader", "i", s->server->epoll_fd()));
+  stop_hop_thread(s);
+  Ref r = s->bridge == State::Bridge::kReader
+              ? Ref::steal(PyObject_CallMethod(s->loop.get(), "remove_reader", "i", s->server->epoll_fd()))
+              : Ref::borrow(Py_None);
   if (!r) PyErr_Clear();
   if (s->timer_handle) {
     Ref c = Ref::steal(PyObject_CallMethod(s->timer_handle.get(), "cancel", nullptr));
@@ -388,6 +428,8 @@ void finish_asyncio(State* s) {
   Ref done = s->done_future;
   s->timer_handle.reset();
   s->step_fn.reset();  // breaks the server <-> step() reference cycle
+  s->poll_fn.reset();
+  s->hop_fn.reset();
   s->done_future.reset();
   s->running = false;
   PyObject *t = nullptr, *v = nullptr, *tb = nullptr;
@@ -421,12 +463,92 @@ PyObject* server_step(PyObject* o, PyObject*) {
 
 PyMethodDef step_def = {"_step", server_step, METH_NOARGS, "One engine step (asyncio mode)."};
 
-PyObject* server_serve_asyncio(PyObject* o, PyObject* args) {
+// bridge="poll": a step from every loop iteration while steps find I/O, else after 1 ms. Only
+// this chain reschedules itself.
+PyObject* server_poll_step(PyObject* o, PyObject*) {
+  Ref r = Ref::steal(server_step(o, nullptr));
+  if (!r) return nullptr;
+  State* s = reinterpret_cast<ServerObject*>(o)->state;
+  if (!s || !s->poll_fn) Py_RETURN_NONE;  // finished
+  Ref h;
+  if (s->server->last_step_events() > 0) {
+    Ref args = Ref::steal(PyTuple_Pack(1, s->poll_fn.get()));
+    if (args) h = Ref::steal(PyObject_Call(s->call_soon.get(), args.get(), s->ctx_kwargs.get()));
+  } else {
+    Ref delay = Ref::steal(PyFloat_FromDouble(0.001));
+    Ref args = delay ? Ref::steal(PyTuple_Pack(2, delay.get(), s->poll_fn.get())) : Ref();
+    if (args) h = Ref::steal(PyObject_Call(s->call_later.get(), args.get(), s->ctx_kwargs.get()));
+  }
+  if (!h) return nullptr;
+  Py_RETURN_NONE;
+}
+
+// bridge="hop": the step the hop thread handed over; lets the thread wait for I/O again.
+PyObject* server_hop_step(PyObject* o, PyObject*) {
+  Ref r = Ref::steal(server_step(o, nullptr));
+  State* s = reinterpret_cast<ServerObject*>(o)->state;
+  if (s) {
+    std::lock_guard<std::mutex> lk(s->hop_mu);
+    s->hop_pending = false;
+    s->hop_cv.notify_all();
+  }
+  return r.release();
+}
+
+PyMethodDef poll_def = {"_poll_step", server_poll_step, METH_NOARGS, "A polled engine step."};
+PyMethodDef hop_def = {"_hop_step", server_hop_step, METH_NOARGS, "An engine step handed over by a thread."};
+
+// The kHop thread: waits (without the GIL) until the engine's epoll fd is readable, hands a step
+// to the loop with call_soon_threadsafe, and waits until that step ran.
+void hop_main(State* s, int engine_fd) {
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = engine_fd;
+  epoll_ctl(ep, EPOLL_CTL_ADD, engine_fd, &ev);
+  ev.data.fd = s->hop_stop_fd;
+  epoll_ctl(ep, EPOLL_CTL_ADD, s->hop_stop_fd, &ev);
+  while (!s->hop_stop.load()) {
+    epoll_event out[2];
+    int n = epoll_wait(ep, out, 2, -1);
+    if (n <= 0 || s->hop_stop.load()) continue;
+    {
+      std::lock_guard<std::mutex> lk(s->hop_mu);
+      s->hop_pending = true;
+    }
+    PyGILState_STATE g = PyGILState_Ensure();
+    bool handed = false;
+    if (!s->hop_stop.load() && s->hop_fn) {
+      Ref r = Ref::steal(PyObject_CallOneArg(s->call_soon_threadsafe.get(), s->hop_fn.get()));
+      if (r) handed = true;
+      else PyErr_WriteUnraisable(s->call_soon_threadsafe.get());
+    }
+    PyGILState_Release(g);
+    std::unique_lock<std::mutex> lk(s->hop_mu);
+    if (!handed) s->hop_pending = false;
+    s->hop_cv.wait(lk, [s] { return !s->hop_pending || s->hop_stop.load(); });
+  }
+  close(ep);
+}
+
+PyObject* server_serve_asyncio(PyObject* o, PyObject* args, PyObject* kw) {
   auto* self = reinterpret_cast<ServerObject*>(o);
   if (!ready(self)) return nullptr;
   State* s = self->state;
   PyObject *loop, *lstate = Py_None;
-  if (!PyArg_ParseTuple(args, "O|O:serve_asyncio", &loop, &lstate)) return nullptr;
+  const char* bridge = "reader";
+  static const char* kwlist[] = {"loop", "state", "bridge", nullptr};
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$s:serve_asyncio", const_cast<char**>(kwlist), &loop,
+                                   &lstate, &bridge))
+    return nullptr;
+  State::Bridge mode;
+  if (std::strcmp(bridge, "reader") == 0) mode = State::Bridge::kReader;
+  else if (std::strcmp(bridge, "poll") == 0) mode = State::Bridge::kPoll;
+  else if (std::strcmp(bridge, "hop") == 0) mode = State::Bridge::kHop;
+  else {
+    PyErr_Format(PyExc_ValueError, "bridge='%s': expected 'reader', 'poll' or 'hop'", bridge);
+    return nullptr;
+  }
   if (!s->asgi) {
     PyErr_SetString(PyExc_RuntimeError, "serve_asyncio() serves ASGI apps; this server is WSGI (use run())");
     return nullptr;
@@ -454,7 +576,27 @@ PyObject* server_serve_asyncio(PyObject* o, PyObject* args) {
     errno = err;
     return PyErr_SetFromErrno(PyExc_OSError);
   }
-  Ref r = Ref::steal(PyObject_CallMethod(loop, "add_reader", "iO", s->server->epoll_fd(), step.get()));
+  s->bridge = mode;
+  Ref r;
+  if (mode == State::Bridge::kReader) {
+    r = Ref::steal(PyObject_CallMethod(loop, "add_reader", "iO", s->server->epoll_fd(), step.get()));
+  } else if (mode == State::Bridge::kPoll) {
+    s->poll_fn = Ref::steal(PyCFunction_New(&poll_def, o));
+    Ref a = s->poll_fn ? Ref::steal(PyTuple_Pack(1, s->poll_fn.get())) : Ref();
+    if (a) r = Ref::steal(PyObject_Call(s->call_soon.get(), a.get(), s->ctx_kwargs.get()));
+  } else {
+    s->hop_fn = Ref::steal(PyCFunction_New(&hop_def, o));
+    s->call_soon_threadsafe = Ref::steal(PyObject_GetAttrString(loop, "call_soon_threadsafe"));
+    s->hop_stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->hop_fn && s->call_soon_threadsafe && s->hop_stop_fd >= 0) {
+      s->hop_stop.store(false);
+      s->hop_pending = false;
+      s->hop_thread = std::thread(hop_main, s, s->server->epoll_fd());
+      r = Ref::borrow(Py_None);
+    } else if (!PyErr_Occurred()) {
+      PyErr_SetFromErrno(PyExc_OSError);
+    }
+  }
   if (!r) {
     s->server->stop(false);
     while (s->server->step(0)) {
@@ -503,8 +645,10 @@ PyMethodDef server_methods[] = {
     {"stop", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(server_stop)),
      METH_VARARGS | METH_KEYWORDS, "stop(graceful=True): stop serving (thread/signal safe)."},
     {"stats", server_stats, METH_NOARGS, "Engine counters as a dict."},
-    {"serve_asyncio", server_serve_asyncio, METH_VARARGS,
-     "serve_asyncio(loop, state=None) -> Future: serve an ASGI app on a running asyncio loop."},
+    {"serve_asyncio", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(server_serve_asyncio)),
+     METH_VARARGS | METH_KEYWORDS,
+     "serve_asyncio(loop, state=None, *, bridge='reader') -> Future: serve an ASGI app on a running\n"
+     "asyncio loop. bridge='poll'/'hop' are the designs Fulmen measures itself against."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef server_getset[] = {

@@ -166,7 +166,7 @@ int Server::start(net::LoopHooks* loop_hooks) noexcept {
 
 bool Server::step(int timeout_ms) noexcept {
   if (finished_) return false;
-  loop_.poll_once(timeout_ms, loop_hooks_);
+  last_step_events_ = loop_.poll_once(timeout_ms, loop_hooks_);
   run_deferred();
   expire_timers();
   int req = stop_request_.load();

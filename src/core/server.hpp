@@ -84,6 +84,8 @@ class Server {
   bool step(int timeout_ms) noexcept;
   int epoll_fd() const noexcept { return loop_.epoll_fd(); }
   int next_timeout_ms() const noexcept;
+  // I/O events the last step() handled (0: it found nothing to do).
+  int last_step_events() const noexcept { return last_step_events_; }
   // A connection the app touched outside the loop's own processing (an async app's send()) asks
   // to be driven on the next step; the first one of a batch calls LoopHooks::on_deferred().
   void defer(http1::Connection* c) noexcept;
@@ -179,6 +181,7 @@ class Server {
   std::atomic<bool> stopping_{false};  // read by pool threads too
   int64_t shutdown_deadline_ms_ = 0;
   bool finished_ = false;  // step() returned false
+  int last_step_events_ = 0;
   std::vector<http1::Connection*> deferred_;          // loop thread only
   std::vector<http1::Connection*> deferred_running_;  // swapped with deferred_: keeps capacity
   int64_t accept_paused_until_ms_ = 0;

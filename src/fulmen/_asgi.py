@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
@@ -134,7 +135,7 @@ class _Runner:
             self.server = core.Server(self.app, [self.listener.engine_tuple()], interface="asgi",
                                       **_server.engine_options(self.cfg))
             try:
-                done = self.server.serve_asyncio(loop, state)
+                done = self.server.serve_asyncio(loop, state, bridge=_bench_bridge())
             except OSError as exc:
                 raise FulmenError(f"could not start serving on {self.listener.url}: {exc}") from None
             error_log.info("Listening on %s", self.listener.url)
@@ -276,6 +277,20 @@ class Lifespan:
         else:
             raise RuntimeError(f"ASGI lifespan: unexpected message {message!r}; expected one of "
                                "lifespan.startup.complete/failed, lifespan.shutdown.complete/failed")
+
+
+BENCH_BRIDGES = ("reader", "poll", "hop")
+
+
+def _bench_bridge() -> str:
+    """FULMEN_BENCH_ASGI_BRIDGE: for the benchmark only, serve with one of the engine/loop designs
+    Fulmen is measured against ("poll", "hop"); "reader" (the default) is Fulmen's own. See
+    docs/architecture.md."""
+    value = os.environ.get("FULMEN_BENCH_ASGI_BRIDGE", "").strip().lower() or "reader"
+    if value not in BENCH_BRIDGES:
+        raise FulmenError(f"FULMEN_BENCH_ASGI_BRIDGE={value}: expected one of {', '.join(BENCH_BRIDGES)} "
+                          "(unset it to serve normally)")
+    return value
 
 
 def _loop_name(loop: asyncio.AbstractEventLoop) -> str:

@@ -38,9 +38,11 @@ class Server:
         graceful_timeout: float = 30.0,
         interface: str = "wsgi",
     ) -> None: ...
-    def serve_asyncio(self, loop: Any, state: dict[str, Any] | None = None) -> Any:
+    def serve_asyncio(self, loop: Any, state: dict[str, Any] | None = None, *, bridge: str = "reader") -> Any:
         """interface="asgi" only: serve on a running asyncio/uvloop loop (the engine's epoll fd is
-        watched with loop.add_reader). Call from a coroutine on that loop. Returns a future that
+        watched with loop.add_reader; bridge="poll" or "hop" are the alternative designs the
+        benchmark measures: steps polled from loop callbacks, or a thread that waits for I/O and
+        hands each wake-up to the loop). Call from a coroutine on that loop. Returns a future that
         resolves once serving stopped (after stop() and the graceful shutdown); it raises OSError if
         the server could not start, or the KeyboardInterrupt/SystemExit an app raised. Each
         request's scope["state"] is a shallow copy of `state`."""

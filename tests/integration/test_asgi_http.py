@@ -18,12 +18,13 @@ import re
 import signal
 import socket
 import socketserver
+import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import ASGI_SERVER
+from conftest import ASGI_SERVER, asgi_command, fulmen_env
 from rawhttp import Incomplete, Reader, chunked, connect, exchange, request_bytes, rss_kib, wait_until
 
 MiB = 1024 * 1024
@@ -863,3 +864,49 @@ def test_app_opens_its_own_connections(probe, tcp_echo):
     for t in threads:
         t.join(30)
     assert sorted(results) == [b"echoed:HELLO %d" % i for i in range(4)]
+
+
+# ---- the engine/loop designs the benchmark compares (FULMEN_BENCH_ASGI_BRIDGE) ---------------------
+
+
+@pytest.mark.skipif(ASGI_SERVER != "fulmen", reason="Fulmen's benchmark-only bridges")
+@pytest.mark.parametrize("bridge", ["poll", "hop"])
+def test_benchmark_bridges_serve_correctly(asgi_server, bridge):
+    # The alternatives bench/run.py measures (fulmen-poll, fulmen-hop) must serve exactly as the
+    # default does, or their numbers mean nothing: requests on one connection, several at once,
+    # a body, a stream, the keep-alive timer, then a clean stop.
+    srv = asgi_server("asgi_probe:app", timeout_keep_alive=1, env={"FULMEN_BENCH_ASGI_BRIDGE": bridge})
+    with connect(srv.port) as sock:
+        reader = Reader(sock)
+        for i in range(20):
+            sock.sendall(post(f"/echo?i={i}", b"x" * (i * 1000)))
+            assert reader.read_response().body == b"x" * (i * 1000)
+        sock.sendall(get("/stream?n=4"))
+        assert reader.read_response().chunks == [b"part%d;" % i for i in range(4)]
+    results = []
+
+    def one(i):
+        results.append(exchange(srv.port, get(f"/sleep?s=0.2&i={i}"), timeout=20).status)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [200] * 8
+    with connect(srv.port) as sock:  # the engine's timers still fire: idle keep-alive closes
+        sock.sendall(get("/hello"))
+        reader = Reader(sock)
+        assert reader.read_response().status == 200
+        sock.settimeout(10)
+        assert sock.recv(1) == b""
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(15) == 0, srv.output
+
+
+@pytest.mark.skipif(ASGI_SERVER != "fulmen", reason="Fulmen's benchmark-only bridges")
+def test_unknown_benchmark_bridge_is_a_clear_error():
+    result = subprocess.run(asgi_command("asgi_probe:app"), env=fulmen_env({"FULMEN_BENCH_ASGI_BRIDGE": "spin"}),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "FULMEN_BENCH_ASGI_BRIDGE=spin" in result.stderr and "reader, poll, hop" in result.stderr, result.stderr
