@@ -6,8 +6,11 @@ after the other; a response that the server cut short raises Incomplete instead 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 TIMEOUT = 10.0
@@ -177,3 +180,42 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise KeyError(field)
+
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class RssGrowth:
+    kib: int = 0  # peak RSS during the block, less the larger of the peak and the RSS before it
+    before: tuple[int, int] = (0, 0)  # (VmHWM, VmRSS) before
+    peak: int = 0
+
+
+@contextmanager
+def rss_growth(pid: int):
+    """`with rss_growth(pid) as g: ...` then g.kib: how far the process's peak RSS rose above
+    where it stood before the block (what a streamed body must keep small)."""
+    g = RssGrowth(before=(rss_kib(pid, "VmHWM"), rss_kib(pid)))
+    yield g
+    g.peak = rss_kib(pid, "VmHWM")
+    g.kib = g.peak - max(g.before)
+
+
+def upload(port: int, target: str, framing: str, mib: int = 100) -> tuple[Response, str]:
+    """POSTs `mib` MiB of random bytes to `target` on one raw connection, framed by
+    Content-Length ("length") or chunked (one 1 MiB chunk each); returns the response and the
+    SHA-256 of the body sent."""
+    block = os.urandom(MiB)
+    digest = hashlib.sha256()
+    with connect(port, timeout=60) as sock:
+        if framing == "length":
+            sock.sendall(request_bytes("POST", target, [("Content-Length", str(mib * MiB))]))
+        else:
+            sock.sendall(request_bytes("POST", target, [("Transfer-Encoding", "chunked")]))
+        for _ in range(mib):
+            digest.update(block)
+            sock.sendall(block if framing == "length" else b"%x\r\n%s\r\n" % (len(block), block))
+        if framing != "length":
+            sock.sendall(b"0\r\n\r\n")
+        return Reader(sock).read_response(), digest.hexdigest()

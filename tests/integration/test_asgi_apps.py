@@ -17,9 +17,8 @@ import httpx
 import pytest
 
 from conftest import start_asgi
-from rawhttp import rss_kib, wait_until
+from rawhttp import MiB, rss_growth, wait_until
 
-MiB = 1024 * 1024
 
 APPS = {
     "starlette": "asgi_starlette:app",
@@ -225,15 +224,14 @@ def test_starlette_100_mib_request_stream_with_flat_memory(servers):
     size, block = 100 * MiB, os.urandom(MiB)
     with httpx.Client(base_url=srv.url, timeout=120) as c:
         c.get("/")
-        hwm_before, rss_before = rss_kib(srv.proc.pid, "VmHWM"), rss_kib(srv.proc.pid)
-        r = c.post("/stream-body", content=(block for _ in range(100)),
-                   headers={"content-length": str(size)})
+        with rss_growth(srv.proc.pid) as growth:
+            r = c.post("/stream-body", content=(block for _ in range(100)),
+                       headers={"content-length": str(size)})
     assert r.status_code == 200, r.text
     got = r.json()
     assert (got["size"], got["sha256"]) == (size, hashlib.sha256(block * 100).hexdigest())
     assert got["chunks"] > 10
-    peak = rss_kib(srv.proc.pid, "VmHWM")
-    assert peak - max(hwm_before, rss_before) < 30 * 1024, (hwm_before, rss_before, peak)
+    assert growth.kib < 30 * 1024, growth
 
 
 # ---- FastAPI --------------------------------------------------------------------------------------
@@ -276,16 +274,12 @@ def test_fastapi_100_mib_file_upload_with_flat_memory(servers, tmp_path):
             f.write(block)
     with httpx.Client(base_url=srv.url, timeout=120) as c:
         c.get("/")
-        hwm_before, rss_before = rss_kib(srv.proc.pid, "VmHWM"), rss_kib(srv.proc.pid)
-        with open(path, "rb") as f:
-            start = time.monotonic()
+        with rss_growth(srv.proc.pid) as growth, open(path, "rb") as f:
             r = c.post("/upload", files={"file": ("big.bin", f, "application/octet-stream")}, data={"note": "big"})
-            elapsed = time.monotonic() - start
     assert r.status_code == 200, r.text
     got = r.json()
     assert (got["size"], got["sha256"]) == (100 * MiB, hashlib.sha256(block * 100).hexdigest())
-    peak = rss_kib(srv.proc.pid, "VmHWM")
-    assert peak - max(hwm_before, rss_before) < 30 * 1024, (hwm_before, rss_before, peak, elapsed)
+    assert growth.kib < 30 * 1024, growth
 
 
 # ---- Django (ASGI handler) ------------------------------------------------------------------------

@@ -25,9 +25,9 @@ import time
 import pytest
 
 from conftest import ASGI_SERVER, asgi_command, fulmen_env
-from rawhttp import Incomplete, Reader, chunked, connect, exchange, request_bytes, rss_kib, wait_until
+from rawhttp import (MiB, Incomplete, Reader, chunked, connect, exchange, request_bytes, rss_growth, rss_kib, upload,
+                     wait_until)
 
-MiB = 1024 * 1024
 ON_UVICORN = ASGI_SERVER == "uvicorn"
 
 
@@ -234,31 +234,15 @@ def test_receive_chunked_body_sent_in_pieces(probe):
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 def test_100_mib_upload_is_streamed_to_the_app(shared_asgi_server, framing):
     srv = shared_asgi_server("asgi_probe:app", access_log=False)
-    size = 100 * MiB
-    block = os.urandom(MiB)
-    expected = hashlib.sha256(block * 100).hexdigest()
     exchange(srv.port, get("/hello"))  # warm up, so the baseline includes a served request
-    hwm_before = rss_kib(srv.proc.pid, "VmHWM")
-    rss_before = rss_kib(srv.proc.pid)
-    with connect(srv.port, timeout=60) as sock:
-        if framing == "length":
-            sock.sendall(request_bytes("POST", "/hash-body", [("Content-Length", str(size))]))
-            for _ in range(100):
-                sock.sendall(block)
-        else:
-            sock.sendall(request_bytes("POST", "/hash-body", [("Transfer-Encoding", "chunked")]))
-            frame = b"%x\r\n%s\r\n" % (len(block), block)
-            for _ in range(100):
-                sock.sendall(frame)
-            sock.sendall(b"0\r\n\r\n")
-        r = Reader(sock).read_response()
+    with rss_growth(srv.proc.pid) as growth:
+        r, digest = upload(srv.port, "/hash-body", framing)
     assert r.status == 200
     got = json.loads(r.body)
-    assert (got["sha256"], got["length"]) == (expected, size)
+    assert (got["sha256"], got["length"]) == (digest, 100 * MiB)
     assert got["messages"] > 10, got  # streamed in many http.request messages, not one
     assert got["largest"] <= 16 * MiB, got
-    peak = rss_kib(srv.proc.pid, "VmHWM")
-    assert peak - max(hwm_before, rss_before) < 30 * 1024, (hwm_before, rss_before, peak)
+    assert growth.kib < 30 * 1024, growth
 
 
 def test_http_disconnect_when_the_client_goes_away_mid_body(probe, tmp_path):

@@ -18,10 +18,8 @@ import time
 import h11
 import pytest
 
-from rawhttp import (Incomplete, Reader, chunked, connect, exchange, request_bytes, rss_kib,
-                     wait_until)
-
-MiB = 1024 * 1024
+from rawhttp import (MiB, Incomplete, Reader, chunked, connect, exchange, request_bytes, rss_growth, rss_kib,
+                     upload, wait_until)
 
 
 @pytest.fixture
@@ -561,28 +559,12 @@ def test_wsgi_input_empty_body(probe):
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 def test_100_mib_upload_is_streamed_to_the_app(shared_server, framing):
     srv = shared_server("probe:app", "--no-access-log")
-    size = 100 * MiB
-    block = os.urandom(MiB)
-    expected = hashlib.sha256(block * 100).hexdigest()
-    hwm_before = rss_kib(srv.proc.pid, "VmHWM")
-    rss_before = rss_kib(srv.proc.pid)
-    with connect(srv.port, timeout=60) as sock:
-        if framing == "length":
-            sock.sendall(request_bytes("POST", "/hash-body", [("Content-Length", str(size))]))
-            for _ in range(100):
-                sock.sendall(block)
-        else:
-            sock.sendall(request_bytes("POST", "/hash-body", [("Transfer-Encoding", "chunked")]))
-            frame = b"%x\r\n%s\r\n" % (len(block), block)
-            for _ in range(100):
-                sock.sendall(frame)
-            sock.sendall(b"0\r\n\r\n")
-        r = Reader(sock).read_response()
+    with rss_growth(srv.proc.pid) as growth:
+        r, digest = upload(srv.port, "/hash-body", framing)
     assert r.status == 200
-    assert json.loads(r.body) == {"sha256": expected, "length": size}
-    peak = rss_kib(srv.proc.pid, "VmHWM")
+    assert json.loads(r.body) == {"sha256": digest, "length": 100 * MiB}
     # The peak RSS grew by far less than the body: it was never held in memory whole.
-    assert peak - max(hwm_before, rss_before) < 30 * 1024, (hwm_before, rss_before, peak)
+    assert growth.kib < 30 * 1024, growth
 
 
 # ---- environ (PEP 3333) -------------------------------------------------------------------------------
