@@ -151,6 +151,16 @@ def request_bytes(method: str = "GET", target: str = "/", headers: list[tuple[st
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+def get(target: str, version: str = "HTTP/1.1", headers: list[tuple[str, str]] | None = None) -> bytes:
+    """The bytes of a GET request."""
+    return request_bytes("GET", target, headers, version=version)
+
+
+def post(target: str, body: bytes, headers: list[tuple[str, str]] | None = None) -> bytes:
+    """The bytes of a POST request with a Content-Length body."""
+    return request_bytes("POST", target, [("Content-Length", str(len(body))), *(headers or [])], body)
+
+
 def exchange(port: int, raw: bytes, head_request: bool = False, timeout: float = TIMEOUT) -> Response:
     """Send `raw` on a new connection and read one response."""
     with connect(port, timeout) as sock:

@@ -25,8 +25,8 @@ import time
 import pytest
 
 from conftest import ASGI_SERVER, asgi_command, fulmen_env
-from rawhttp import (MiB, Incomplete, Reader, chunked, connect, exchange, request_bytes, rss_growth, rss_kib, upload,
-                     wait_until)
+from rawhttp import (MiB, chunked, connect, exchange, get, Incomplete, post, Reader, request_bytes,
+                     rss_growth, rss_kib, upload, wait_until)
 
 ON_UVICORN = ASGI_SERVER == "uvicorn"
 
@@ -39,14 +39,6 @@ def probe(shared_asgi_server):
 @pytest.fixture
 def scope_srv(shared_asgi_server):
     return shared_asgi_server("asgi_scope:app")
-
-
-def get(target: str, version: str = "HTTP/1.1", headers=None) -> bytes:
-    return request_bytes("GET", target, headers, version=version)
-
-
-def post(target: str, body: bytes, headers=None) -> bytes:
-    return request_bytes("POST", target, [("Content-Length", str(len(body))), *(headers or [])], body)
 
 
 def decode(value):

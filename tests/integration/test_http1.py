@@ -18,8 +18,8 @@ import time
 import h11
 import pytest
 
-from rawhttp import (MiB, Incomplete, Reader, chunked, connect, exchange, request_bytes, rss_growth, rss_kib,
-                     upload, wait_until)
+from rawhttp import (MiB, chunked, connect, exchange, get, Incomplete, Reader, request_bytes, rss_growth,
+                     rss_kib, upload, wait_until)
 
 
 @pytest.fixture
@@ -30,10 +30,6 @@ def probe(shared_server):
 @pytest.fixture
 def echo_env(shared_server):
     return shared_server("echo_environ:app")
-
-
-def get(target: str, version: str = "HTTP/1.1", headers=None) -> bytes:
-    return request_bytes("GET", target, headers, version=version)
 
 
 # ---- connection reuse ---------------------------------------------------------------------------

@@ -10,11 +10,7 @@ import struct
 import termios
 import time
 
-from rawhttp import Reader, connect, exchange, request_bytes, rss_kib, wait_until
-
-
-def get(target: str) -> bytes:
-    return request_bytes("GET", target, [])
+from rawhttp import connect, exchange, get, Reader, request_bytes, rss_kib, wait_until
 
 
 def unacked_bytes(sock: socket.socket) -> int:
