@@ -369,10 +369,10 @@ SERVERS: dict[str, Server] = {
         FulmenAsyncio("fulmen-asyncio", "Fulmen serving ASGI on the standard asyncio loop (--loop asyncio)",
                       apps=ASGI_APPS),
         FulmenBridge("fulmen-poll", "Fulmen (uvloop) polling its engine from loop callbacks, socketify's "
-                     "design (FULMEN_BENCH_ASGI_BRIDGE=poll; for comparison only)", "poll", apps=ASGI_APPS),
+                     "design (FULMEN_BENCH_ASGI_BRIDGE=poll; for comparison only)", "poll", apps=("asgi_hello",)),
         FulmenBridge("fulmen-hop", "Fulmen (uvloop) with a thread that waits for I/O and hops to the loop, "
                      "Granian's design (FULMEN_BENCH_ASGI_BRIDGE=hop; for comparison only)", "hop",
-                     apps=ASGI_APPS),
+                     apps=("asgi_hello",)),
         GunicornSync("gunicorn-sync", "gunicorn, 1 sync worker (no keep-alive by design)"),
         GunicornGthread("gunicorn-gthread", "gunicorn, 1 gthread worker with 4 threads"),
         Granian("granian", "granian, 1 worker, 1 runtime thread; WSGI with 4 blocking threads, "

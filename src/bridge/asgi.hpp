@@ -2,8 +2,9 @@
 //
 // The engine's epoll fd is watched with loop.add_reader and each readiness runs Server::step(0),
 // so there is no polling and no thread hop. A request becomes a scope dict and the app's
-// coroutine, started as an eager Task where the Python version has them (3.12+) so that a
-// request that needs no I/O wait completes inside the step that read it. receive() and send()
+// coroutine, started as an eager Task (3.12+: eager_start; 3.10/3.11: the Task's first step is
+// caught from loop.call_soon and run at once) so that a request that needs no I/O wait
+// completes inside the step that read it. receive() and send()
 // complete without a loop round-trip whenever the data or the socket buffer space is already
 // there; otherwise they return a future the engine resolves.
 #pragma once
