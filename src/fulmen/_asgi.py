@@ -135,7 +135,9 @@ class _Runner:
             self.server = core.Server(self.app, [self.listener.engine_tuple()], interface="asgi",
                                       **_server.engine_options(self.cfg))
             try:
-                done = self.server.serve_asyncio(loop, state, bridge=_bench_bridge())
+                bridge = _bench_bridge()
+                done = (self.server.serve_asyncio(loop, state) if bridge == "reader"
+                        else self.server.serve_asyncio(loop, state, bridge=bridge))
             except OSError as exc:
                 raise FulmenError(f"could not start serving on {self.listener.url}: {exc}") from None
             error_log.info("Listening on %s", self.listener.url)
