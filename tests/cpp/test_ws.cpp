@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "alloc_counter.hpp"
+#include "core/ws/frame.hpp"
 #include "core/ws/utf8.hpp"
 #include "http1_support.hpp"
 
@@ -243,6 +245,602 @@ TEST(Utf8, RandomSplitsOfLongText) {
     bad[at] = '\xff';
     ASSERT_EQ(utf8_pieces(bad, cuts), (Utf8Outcome{U8::kInvalid, at}));
   }
+}
+
+// ---- frames ---------------------------------------------------------------------------------------
+
+const char* error_name(FrameError e) {
+  switch (e) {
+#define N(x) \
+  case FrameError::x: return #x;
+    N(kNone) N(kReservedBits) N(kUnknownOpcode) N(kFragmentedControl) N(kUnexpectedContinuation)
+    N(kExpectedContinuation) N(kUnmasked) N(kControlTooLong) N(kLengthTopBit) N(kMessageTooBig)
+    N(kCloseTooShort) N(kBadCloseCode) N(kInvalidUtf8)
+#undef N
+  }
+  return "?";
+}
+
+// One frame as the parser reported it, its data pieces joined.
+struct FrameRec {
+  Opcode opcode = Opcode::kContinuation;
+  bool fin = false, rsv1 = false;
+  uint64_t length = 0;
+  std::string payload;
+  bool message_end = false;
+  uint16_t close_code = 0;
+  std::string close_reason;
+  bool operator==(const FrameRec&) const = default;
+};
+
+// Everything a stream produced: the frames completed, then the error (if any) and the absolute
+// offset just past the byte it was reported at.
+struct Trace {
+  std::vector<FrameRec> frames;
+  FrameError error = FrameError::kNone;
+  size_t end = 0;  // error offset, or bytes consumed in all
+  bool operator==(const Trace&) const = default;
+};
+
+std::ostream& operator<<(std::ostream& os, const Trace& t) {
+  os << t.frames.size() << " frames";
+  for (const FrameRec& f : t.frames)
+    os << " [op " << int(f.opcode) << (f.fin ? " fin" : "") << " len " << f.length << " "
+       << ::testing::PrintToString(f.payload.substr(0, 16)) << "]";
+  return os << " " << error_name(t.error) << " at " << t.end;
+}
+
+// Feeds `in` in pieces ending at `cuts`, each in its own exact-size buffer, the way a connection
+// would: call feed() until kNone, then wait for the next read.
+Trace run_frames(const std::string& in, const std::vector<size_t>& cuts, const FrameOptions& opt) {
+  FrameParser parser(opt);
+  Trace t;
+  FrameRec cur;
+  std::vector<size_t> ends = cuts;
+  ends.push_back(in.size());
+  size_t start = 0;
+  for (size_t end : ends) {
+    ExactBuffer b(in.data() + start, end - start);
+    size_t pos = 0;
+    for (;;) {
+      FrameParser::Result r = parser.feed(b.p + pos, b.n - pos);
+      EXPECT_LE(r.consumed, b.n - pos);
+      const size_t before = pos;
+      pos += r.consumed;
+      if (r.event == FrameParser::Event::kNone) {
+        EXPECT_EQ(pos, b.n) << "kNone must mean all input was used";
+        break;
+      }
+      if (r.event == FrameParser::Event::kError) {
+        t.error = r.error;
+        t.end = start + pos;
+        // Sticky: the parser says the same again and takes nothing.
+        FrameParser::Result again = parser.feed(b.p + pos, b.n - pos);
+        EXPECT_EQ(again.event, FrameParser::Event::kError);
+        EXPECT_EQ(again.error, r.error);
+        EXPECT_EQ(again.consumed, 0u);
+        return t;
+      }
+      if (r.event == FrameParser::Event::kHeader) {
+        cur = FrameRec{};
+        cur.opcode = parser.header().opcode;
+        cur.fin = parser.header().fin;
+        cur.rsv1 = parser.header().rsv1;
+        cur.length = parser.header().length;
+        continue;
+      }
+      if (r.event == FrameParser::Event::kData) {
+        // Unmasked in place: the piece is the bytes just consumed.
+        EXPECT_TRUE(r.payload.empty() || (r.payload.data() >= b.p + before && r.payload.data() + r.payload.size() == b.p + pos));
+        cur.payload.append(r.payload);
+        EXPECT_FALSE(r.message_end && !r.frame_end);
+        if (r.frame_end) {
+          EXPECT_EQ(cur.payload.size(), cur.length);
+          cur.message_end = r.message_end;
+          EXPECT_EQ(r.message_end, cur.fin);
+          t.frames.push_back(cur);
+        }
+        continue;
+      }
+      // kControl
+      EXPECT_TRUE(is_control(cur.opcode));
+      EXPECT_EQ(r.payload.size(), cur.length);
+      cur.payload.assign(r.payload);
+      cur.close_code = r.close_code;
+      cur.close_reason.assign(r.close_reason);
+      t.frames.push_back(cur);
+    }
+    start = end;
+  }
+  t.end = start;
+  return t;
+}
+
+// Replays `in` whole, at two-way splits (all of them for short inputs), byte by byte and at 50
+// random splits. All must agree; the agreed trace is returned.
+Trace replay_all(const std::string& in, const FrameOptions& opt = {}) {
+  const Trace whole = run_frames(in, {}, opt);
+  std::vector<size_t> two;
+  if (in.size() <= 4096) {
+    for (size_t k = 1; k < in.size(); ++k) two.push_back(k);
+  } else {
+    for (size_t k = 1; k < 32; ++k) two.push_back(k);
+    for (size_t k = in.size() - 32; k < in.size(); ++k) two.push_back(k);
+  }
+  for (size_t k : two) {
+    Trace t = run_frames(in, {k}, opt);
+    EXPECT_EQ(t, whole) << "split at " << k;
+    if (!(t == whole)) return whole;
+  }
+  std::vector<size_t> every;
+  for (size_t k = 1; k < in.size(); ++k) every.push_back(k);
+  EXPECT_EQ(run_frames(in, every, opt), whole) << "byte by byte";
+  std::mt19937 rng(static_cast<uint32_t>(in.size()));
+  for (int round = 0; round < 50 && in.size() > 1; ++round) {
+    std::vector<size_t> cuts;
+    for (size_t k = 1 + rng() % 40; k < in.size(); k += 1 + rng() % 40) cuts.push_back(k);
+    Trace t = run_frames(in, cuts, opt);
+    EXPECT_EQ(t, whole) << "random round " << round;
+    if (!(t == whole)) break;
+  }
+  return whole;
+}
+
+constexpr uint8_t kFin = 0x80;
+constexpr uint8_t kRsv1 = 0x40;
+const uint8_t kRfcKey[4] = {0x37, 0xfa, 0x21, 0x3d};  // the masking key of RFC 6455 5.7
+
+// A client frame built byte by byte in the test, independent of the writer: first byte `b0`,
+// the payload masked with `key`, the length in the shortest form or the one `form` forces
+// (16 or 64). masked=false leaves out the MASK bit and the key.
+std::string client_frame(uint8_t b0, const std::string& payload, const uint8_t key[4] = kRfcKey, int form = 0,
+                         bool masked = true) {
+  std::string f(1, char(b0));
+  const uint8_t m = masked ? 0x80 : 0;
+  const uint64_t n = payload.size();
+  if (form == 0) form = n < 126 ? 7 : n <= 0xFFFF ? 16 : 64;
+  if (form == 7) {
+    f += char(m | n);
+  } else if (form == 16) {
+    f += char(m | 126);
+    f += char(n >> 8);
+    f += char(n & 0xFF);
+  } else {
+    f += char(m | 127);
+    for (int k = 7; k >= 0; --k) f += char((n >> (8 * k)) & 0xFF);
+  }
+  if (!masked) return f + payload;
+  f.append(reinterpret_cast<const char*>(key), 4);
+  for (size_t i = 0; i < payload.size(); ++i) f += char(payload[i] ^ key[i % 4]);
+  return f;
+}
+
+std::string bytes(std::initializer_list<int> v) {
+  std::string s;
+  for (int c : v) s += char(c);
+  return s;
+}
+
+FrameRec data_frame(Opcode op, bool fin, const std::string& payload) {
+  FrameRec f;
+  f.opcode = op;
+  f.fin = fin;
+  f.length = payload.size();
+  f.payload = payload;
+  f.message_end = fin;
+  return f;
+}
+
+FrameRec control_frame(Opcode op, const std::string& payload, uint16_t code = 0, const std::string& reason = "") {
+  FrameRec f;
+  f.opcode = op;
+  f.fin = true;
+  f.length = payload.size();
+  f.payload = payload;
+  f.close_code = code;
+  f.close_reason = reason;
+  return f;
+}
+
+void expect_frames(const std::string& in, const std::vector<FrameRec>& want, const FrameOptions& opt = {}) {
+  Trace t = replay_all(in, opt);
+  EXPECT_EQ(t.error, FrameError::kNone) << error_name(t.error) << " at " << t.end;
+  EXPECT_EQ(t.end, in.size());
+  EXPECT_EQ(t.frames, want) << t;
+}
+
+// The stream fails with `e` (and close code `code`) at the byte just before offset `at`.
+void expect_frame_error(const std::string& in, FrameError e, uint16_t code, size_t at, const FrameOptions& opt = {}) {
+  Trace t = replay_all(in, opt);
+  EXPECT_EQ(error_name(t.error), std::string(error_name(e))) << t;
+  EXPECT_EQ(t.end, at) << t;
+  EXPECT_EQ(close_code_for(e), code);
+}
+
+// RFC 6455 5.7, the examples, as a client must send them (masked).
+TEST(WsFrames, Rfc6455Examples) {
+  // "A single-frame masked text message"
+  const std::string hello_masked = bytes({0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58});
+  EXPECT_EQ(hello_masked, client_frame(kFin | 0x1, "Hello"));  // the test's builder agrees with the RFC
+  expect_frames(hello_masked, {data_frame(Opcode::kText, true, "Hello")});
+
+  // "A fragmented unmasked text message", masked as a client sends it: "Hel" + "lo".
+  expect_frames(client_frame(0x01, "Hel") + client_frame(kFin | 0x0, "lo"),
+                {data_frame(Opcode::kText, false, "Hel"), data_frame(Opcode::kContinuation, true, "lo")});
+
+  // "Unmasked Ping request and masked Ping response": ping with "Hello", and the masked pong.
+  expect_frames(client_frame(kFin | 0x9, "Hello"), {control_frame(Opcode::kPing, "Hello")});
+  expect_frames(bytes({0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58}),
+                {control_frame(Opcode::kPong, "Hello")});
+
+  // "256 bytes binary message in a single unmasked frame" (16-bit length) and 64 KiB (64-bit).
+  std::string b256(256, '\0'), b64k(65536, '\0');
+  for (size_t i = 0; i < b256.size(); ++i) b256[i] = char(i * 7);
+  for (size_t i = 0; i < b64k.size(); ++i) b64k[i] = char(i * 13 + (i >> 8));
+  const std::string f256 = client_frame(kFin | 0x2, b256);
+  EXPECT_EQ(f256.substr(0, 4), bytes({0x82, 0xFE, 0x01, 0x00}));
+  expect_frames(f256, {data_frame(Opcode::kBinary, true, b256)});
+  const std::string f64k = client_frame(kFin | 0x2, b64k);
+  EXPECT_EQ(f64k.substr(0, 10), bytes({0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0}));
+  expect_frames(f64k, {data_frame(Opcode::kBinary, true, b64k)});
+}
+
+TEST(WsFrames, UnmaskedClientFrameIsRefused) {
+  // RFC 6455 5.7's unmasked "Hello": fine from a server, a protocol error from a client.
+  expect_frame_error(bytes({0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f}), FrameError::kUnmasked, 1002, 2);
+  expect_frame_error(client_frame(kFin | 0x9, "", kRfcKey, 0, false), FrameError::kUnmasked, 1002, 2);
+}
+
+TEST(WsFrames, LengthForms) {
+  // Each boundary of the three forms, and non-minimal encodings (accepted: see frame.cpp).
+  for (size_t n : {0, 1, 125, 126, 127, 65535, 65536}) {
+    SCOPED_TRACE(n);
+    std::string payload(n, 'x');
+    expect_frames(client_frame(kFin | 0x2, payload), {data_frame(Opcode::kBinary, true, payload)});
+  }
+  expect_frames(client_frame(kFin | 0x1, "short", kRfcKey, 16), {data_frame(Opcode::kText, true, "short")});
+  expect_frames(client_frame(kFin | 0x1, "short", kRfcKey, 64), {data_frame(Opcode::kText, true, "short")});
+  expect_frames(client_frame(kFin | 0x2, std::string(300, 'y'), kRfcKey, 64),
+                {data_frame(Opcode::kBinary, true, std::string(300, 'y'))});
+  // 64-bit length with the top bit set: refused when the length is complete (byte 10).
+  expect_frame_error(bytes({0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1}) + "keyk", FrameError::kLengthTopBit, 1002, 10);
+  FrameOptions unlimited;
+  unlimited.max_message = 0;
+  expect_frame_error(bytes({0x82, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF}), FrameError::kLengthTopBit,
+                     1002, 10, unlimited);
+}
+
+TEST(WsFrames, EmptyFrames) {
+  expect_frames(client_frame(kFin | 0x1, ""), {data_frame(Opcode::kText, true, "")});
+  expect_frames(client_frame(0x2, "") + client_frame(0x0, "") + client_frame(kFin | 0x0, "ab"),
+                {data_frame(Opcode::kBinary, false, ""), data_frame(Opcode::kContinuation, false, ""),
+                 data_frame(Opcode::kContinuation, true, "ab")});
+  expect_frames(client_frame(kFin | 0x9, "") + client_frame(kFin | 0xA, ""),
+                {control_frame(Opcode::kPing, ""), control_frame(Opcode::kPong, "")});
+  // An empty frame's kData is pending even when its header was the last byte of the input.
+  FrameParser p;
+  std::string f = client_frame(kFin | 0x2, "");
+  FrameParser::Result r = p.feed(f.data(), f.size());
+  EXPECT_EQ(r.event, FrameParser::Event::kHeader);
+  EXPECT_EQ(r.consumed, f.size());
+  r = p.feed(nullptr, 0);
+  EXPECT_EQ(r.event, FrameParser::Event::kData);
+  EXPECT_TRUE(r.frame_end && r.message_end);
+  EXPECT_EQ(p.feed(nullptr, 0).event, FrameParser::Event::kNone);
+}
+
+TEST(WsFrames, ReservedBitsAndOpcodes) {
+  expect_frame_error(client_frame(kFin | kRsv1 | 0x1, "a"), FrameError::kReservedBits, 1002, 1);
+  expect_frame_error(client_frame(kFin | 0x20 | 0x1, "a"), FrameError::kReservedBits, 1002, 1);
+  expect_frame_error(client_frame(kFin | 0x10 | 0x2, "a"), FrameError::kReservedBits, 1002, 1);
+  for (int op : {0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF}) {
+    SCOPED_TRACE(op);
+    expect_frame_error(client_frame(kFin | op, "a"), FrameError::kUnknownOpcode, 1002, 1);
+  }
+  // After a valid frame the offset counts from the start of the stream.
+  expect_frame_error(client_frame(kFin | 0x1, "ok") + client_frame(kFin | 0x3, ""), FrameError::kUnknownOpcode,
+                     1002, 9);
+}
+
+TEST(WsFrames, Rsv1OnlyWhenNegotiatedAndOnlyOnFirstDataFrame) {
+  FrameOptions deflate;
+  deflate.allow_rsv1 = true;
+  FrameRec first = data_frame(Opcode::kText, false, "ab");
+  first.rsv1 = true;
+  expect_frames(client_frame(kRsv1 | 0x1, "ab") + client_frame(kFin | 0x0, "cd"),
+                {first, data_frame(Opcode::kContinuation, true, "cd")}, deflate);
+  // RFC 7692 6: not on continuation frames, not on control frames.
+  expect_frame_error(client_frame(0x1, "ab") + client_frame(kFin | kRsv1 | 0x0, "cd"), FrameError::kReservedBits,
+                     1002, 9, deflate);
+  expect_frame_error(client_frame(kFin | kRsv1 | 0x9, ""), FrameError::kReservedBits, 1002, 1, deflate);
+  // RSV2 stays reserved with deflate on.
+  expect_frame_error(client_frame(kFin | 0x20 | 0x1, ""), FrameError::kReservedBits, 1002, 1, deflate);
+}
+
+TEST(WsFrames, ControlFrameRules) {
+  expect_frame_error(client_frame(0x9, "ping"), FrameError::kFragmentedControl, 1002, 1);
+  expect_frame_error(client_frame(0x8, ""), FrameError::kFragmentedControl, 1002, 1);
+  // 125 is the most a control frame may carry; 126 is refused at the length byte.
+  const std::string p125(125, 'p');
+  expect_frames(client_frame(kFin | 0x9, p125), {control_frame(Opcode::kPing, p125)});
+  expect_frame_error(client_frame(kFin | 0x9, std::string(126, 'p')), FrameError::kControlTooLong, 1002, 2);
+  expect_frame_error(client_frame(kFin | 0xA, std::string(70000, 'p')), FrameError::kControlTooLong, 1002, 2);
+  // Even a small length in the 16-bit form: the 7-bit field says 126, which is too long.
+  expect_frame_error(client_frame(kFin | 0x9, "tiny", kRfcKey, 16), FrameError::kControlTooLong, 1002, 2);
+}
+
+TEST(WsFrames, Fragmentation) {
+  // Control frames may come between fragments; the message goes on after them.
+  expect_frames(client_frame(0x1, "Hel") + client_frame(kFin | 0x9, "p1") + client_frame(0x0, "l") +
+                    client_frame(kFin | 0xA, "") + client_frame(kFin | 0x0, "o"),
+                {data_frame(Opcode::kText, false, "Hel"), control_frame(Opcode::kPing, "p1"),
+                 data_frame(Opcode::kContinuation, false, "l"), control_frame(Opcode::kPong, ""),
+                 data_frame(Opcode::kContinuation, true, "o")});
+  // Continuation with no message open: at the start, and after a finished message.
+  expect_frame_error(client_frame(kFin | 0x0, "x"), FrameError::kUnexpectedContinuation, 1002, 1);
+  expect_frame_error(client_frame(0x0, "x"), FrameError::kUnexpectedContinuation, 1002, 1);
+  expect_frame_error(client_frame(kFin | 0x1, "done") + client_frame(kFin | 0x0, "x"),
+                     FrameError::kUnexpectedContinuation, 1002, 11);
+  // A fragmented message closes with its FIN frame: then a new message, not a continuation.
+  expect_frames(client_frame(0x1, "a") + client_frame(kFin | 0x0, "b") + client_frame(kFin | 0x1, "c"),
+                {data_frame(Opcode::kText, false, "a"), data_frame(Opcode::kContinuation, true, "b"),
+                 data_frame(Opcode::kText, true, "c")});
+  expect_frame_error(client_frame(0x1, "a") + client_frame(kFin | 0x0, "b") + client_frame(kFin | 0x0, "c"),
+                     FrameError::kUnexpectedContinuation, 1002, 15);
+  // A new data frame while a fragmented message is open (also after an interleaved ping).
+  expect_frame_error(client_frame(0x1, "ab") + client_frame(kFin | 0x1, "cd"), FrameError::kExpectedContinuation,
+                     1002, 9);
+  expect_frame_error(client_frame(0x2, "ab") + client_frame(kFin | 0x9, "") + client_frame(0x2, "cd"),
+                     FrameError::kExpectedContinuation, 1002, 15);
+  // The message opcode is carried over to its continuation frames.
+  FrameParser p;
+  std::string s = client_frame(0x2, "ab") + client_frame(kFin | 0x0, "cd");
+  size_t pos = 0;
+  int data_events = 0;
+  for (;;) {
+    FrameParser::Result r = p.feed(s.data() + pos, s.size() - pos);
+    pos += r.consumed;
+    if (r.event == FrameParser::Event::kNone) break;
+    if (r.event == FrameParser::Event::kData) {
+      ++data_events;
+      EXPECT_EQ(p.message_opcode(), Opcode::kBinary);
+    }
+  }
+  EXPECT_EQ(data_events, 2);
+}
+
+TEST(WsFrames, MessageSizeLimit) {
+  FrameOptions opt;
+  opt.max_message = 10;
+  // N and N+1, in one frame and across fragments; refused at the byte that completes the length.
+  expect_frames(client_frame(kFin | 0x2, std::string(10, 'a')), {data_frame(Opcode::kBinary, true, std::string(10, 'a'))},
+                opt);
+  expect_frame_error(client_frame(kFin | 0x2, std::string(11, 'a')), FrameError::kMessageTooBig, 1009, 2, opt);
+  expect_frames(client_frame(0x1, "12345") + client_frame(kFin | 0x0, "67890"),
+                {data_frame(Opcode::kText, false, "12345"), data_frame(Opcode::kContinuation, true, "67890")}, opt);
+  expect_frame_error(client_frame(0x1, "12345") + client_frame(kFin | 0x0, "678901"), FrameError::kMessageTooBig,
+                     1009, 13, opt);
+  // Control frames do not count; the count starts again with each message.
+  expect_frames(client_frame(0x1, "12345") + client_frame(kFin | 0x9, "pingpingping") +
+                    client_frame(kFin | 0x0, "67890") + client_frame(kFin | 0x1, "0123456789"),
+                {data_frame(Opcode::kText, false, "12345"), control_frame(Opcode::kPing, "pingpingping"),
+                 data_frame(Opcode::kContinuation, true, "67890"), data_frame(Opcode::kText, true, "0123456789")},
+                opt);
+  // The default, 16 MiB, judged on the announced length before any payload arrives.
+  EXPECT_EQ(kDefaultMaxMessage, 16u * 1024 * 1024);
+  const uint64_t n = kDefaultMaxMessage;
+  std::string at_limit = bytes({0x82, 0xFF});
+  for (int k = 7; k >= 0; --k) at_limit += char((n >> (8 * k)) & 0xFF);
+  std::string over = at_limit;
+  over[9] = char(over[9] + 1);
+  FrameParser p;
+  std::string in = at_limit + "kkkk";
+  FrameParser::Result r = p.feed(in.data(), in.size());
+  EXPECT_EQ(r.event, FrameParser::Event::kHeader);
+  EXPECT_EQ(p.header().length, n);
+  EXPECT_EQ(p.message_size(), n);
+  expect_frame_error(over + "kkkk", FrameError::kMessageTooBig, 1009, 10);
+}
+
+TEST(WsFrames, CloseFrames) {
+  // Empty: no status (1005). Code only. Code and UTF-8 reason.
+  expect_frames(client_frame(kFin | 0x8, ""), {control_frame(Opcode::kClose, "", 1005)});
+  expect_frames(client_frame(kFin | 0x8, bytes({0x03, 0xE8})), {control_frame(Opcode::kClose, bytes({0x03, 0xE8}), 1000)});
+  const std::string reason = "bye \xe2\x82\xac";
+  expect_frames(client_frame(kFin | 0x8, bytes({0x0F, 0xA0}) + reason),
+                {control_frame(Opcode::kClose, bytes({0x0F, 0xA0}) + reason, 4000, reason)});
+  // One byte: there is no 1-byte close payload.
+  expect_frame_error(client_frame(kFin | 0x8, "\x03"), FrameError::kCloseTooShort, 1002, 7);
+  // Every code that may be received, and the ones that may not (Autobahn 7.7.x and 7.9.x).
+  for (int code : {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999}) {
+    SCOPED_TRACE(code);
+    const std::string payload = bytes({code >> 8, code & 0xFF});
+    expect_frames(client_frame(kFin | 0x8, payload), {control_frame(Opcode::kClose, payload, uint16_t(code))});
+    EXPECT_TRUE(close_code_valid(uint16_t(code)));
+  }
+  for (int code : {0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535}) {
+    SCOPED_TRACE(code);
+    expect_frame_error(client_frame(kFin | 0x8, bytes({code >> 8, code & 0xFF})), FrameError::kBadCloseCode, 1002, 8);
+    EXPECT_FALSE(close_code_valid(uint16_t(code)));
+  }
+  // A reason that is not UTF-8: 1007, at the end of the frame.
+  expect_frame_error(client_frame(kFin | 0x8, bytes({0x03, 0xE8}) + "\xed\xa0\x80"), FrameError::kInvalidUtf8, 1007,
+                     11);
+  expect_frame_error(client_frame(kFin | 0x8, bytes({0x03, 0xE8}) + "ab\xe2\x82"), FrameError::kInvalidUtf8, 1007, 12);
+  // parse_close_payload on its own.
+  CloseInfo c = parse_close_payload(bytes({0x03, 0xE9}) + "going");
+  EXPECT_EQ(c.code, 1001);
+  EXPECT_EQ(c.reason, "going");
+  EXPECT_EQ(c.error, FrameError::kNone);
+}
+
+TEST(WsFrames, TextUtf8FailsFast) {
+  // Refused at the byte that makes it impossible (A0 after ED), not at the end of the frame.
+  const std::string bad = "ab\xed\xa0\x80" "cd";
+  expect_frame_error(client_frame(kFin | 0x1, bad), FrameError::kInvalidUtf8, 1007, 6 + 4);
+  // Across fragments (and an interleaved ping), a character may be split between frames...
+  expect_frames(client_frame(0x1, "\xe2\x82") + client_frame(kFin | 0x9, "") + client_frame(kFin | 0x0, "\xac"),
+                {data_frame(Opcode::kText, false, "\xe2\x82"), control_frame(Opcode::kPing, ""),
+                 data_frame(Opcode::kContinuation, true, "\xac")});
+  // ... but the message may not end inside one: refused at the last byte of the final frame.
+  expect_frame_error(client_frame(0x1, "ok") + client_frame(kFin | 0x0, "\xe2\x82"), FrameError::kInvalidUtf8, 1007,
+                     8 + 8);
+  // Autobahn 6.4.1: bad in the first fragment, at 0x90, before the later fragments arrive.
+  expect_frame_error(client_frame(0x1, "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80") +
+                         client_frame(kFin | 0x0, "edited"),
+                     FrameError::kInvalidUtf8, 1007, 6 + 13);
+  // Binary is not checked; text with RSV1 (compressed) is checked after inflating, not here;
+  // and validate_utf8 = false turns the check off.
+  expect_frames(client_frame(kFin | 0x2, "\xff"), {data_frame(Opcode::kBinary, true, "\xff")});
+  FrameOptions deflate;
+  deflate.allow_rsv1 = true;
+  FrameRec compressed = data_frame(Opcode::kText, true, "\xff\xfe");
+  compressed.rsv1 = true;
+  expect_frames(client_frame(kFin | kRsv1 | 0x1, "\xff\xfe"), {compressed}, deflate);
+  FrameOptions no_check;
+  no_check.validate_utf8 = false;
+  expect_frames(client_frame(kFin | 0x1, "\xff"), {data_frame(Opcode::kText, true, "\xff")}, no_check);
+  // The validator starts afresh with each message.
+  expect_frame_error(client_frame(kFin | 0x1, "fine") + client_frame(kFin | 0x1, "\x80"), FrameError::kInvalidUtf8,
+                     1007, 10 + 7);
+}
+
+TEST(WsFrames, ResetStartsAStreamAfresh) {
+  FrameParser p;
+  std::string bad = client_frame(kFin | 0x3, "");
+  EXPECT_EQ(p.feed(bad.data(), bad.size()).event, FrameParser::Event::kError);
+  p.reset();
+  std::string good = client_frame(0x1, "a");
+  EXPECT_EQ(p.feed(good.data(), good.size()).event, FrameParser::Event::kHeader);
+  p.reset();  // mid-message: a continuation is unexpected again
+  std::string cont = client_frame(kFin | 0x0, "b");
+  FrameParser::Result r = p.feed(cont.data(), cont.size());
+  EXPECT_EQ(r.error, FrameError::kUnexpectedContinuation);
+}
+
+// ---- writer ---------------------------------------------------------------------------------------
+
+TEST(WsWriter, HeaderForms) {
+  // RFC 6455 5.7's unmasked examples are exactly what a server sends.
+  EXPECT_EQ(make_frame_header(Opcode::kText, 5).view(), bytes({0x81, 0x05}));
+  EXPECT_EQ(make_frame_header(Opcode::kText, 3, false).view(), bytes({0x01, 0x03}));
+  EXPECT_EQ(make_frame_header(Opcode::kContinuation, 2).view(), bytes({0x80, 0x02}));
+  EXPECT_EQ(make_frame_header(Opcode::kPing, 5).view(), bytes({0x89, 0x05}));
+  EXPECT_EQ(make_frame_header(Opcode::kBinary, 256).view(), bytes({0x82, 0x7E, 0x01, 0x00}));
+  EXPECT_EQ(make_frame_header(Opcode::kBinary, 65536).view(), bytes({0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0}));
+  // Form boundaries.
+  EXPECT_EQ(make_frame_header(Opcode::kBinary, 125).view(), bytes({0x82, 125}));
+  EXPECT_EQ(make_frame_header(Opcode::kBinary, 126).view(), bytes({0x82, 0x7E, 0x00, 126}));
+  EXPECT_EQ(make_frame_header(Opcode::kBinary, 65535).view(), bytes({0x82, 0x7E, 0xFF, 0xFF}));
+  EXPECT_EQ(make_frame_header(Opcode::kBinary, 0x0102030405060708ull).view(),
+            bytes({0x82, 0x7F, 1, 2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(make_frame_header(Opcode::kText, 0, true, true).view(), bytes({0xC1, 0x00}));
+}
+
+// A server frame as a client would have sent it: MASK bit set, key inserted, payload masked.
+std::string as_client(const FrameHead& h, const std::string& payload, const uint8_t key[4]) {
+  std::string f(h.view());
+  f[1] = char(f[1] | 0x80);
+  f.append(reinterpret_cast<const char*>(key), 4);
+  for (size_t i = 0; i < payload.size(); ++i) f += char(payload[i] ^ key[i % 4]);
+  return f;
+}
+
+TEST(WsWriter, RoundTripThroughTheParser) {
+  const uint8_t key[4] = {0xA5, 0x00, 0xFF, 0x3C};
+  FrameOptions deflate;
+  deflate.allow_rsv1 = true;
+  for (size_t n : {0, 1, 7, 125, 126, 127, 1000, 65535, 65536, 70001}) {
+    SCOPED_TRACE(n);
+    std::string payload(n, '\0');
+    for (size_t i = 0; i < n; ++i) payload[i] = char('a' + i % 26);
+    for (Opcode op : {Opcode::kText, Opcode::kBinary}) {
+      Trace t = run_frames(as_client(make_frame_header(op, n), payload, key), {}, deflate);
+      EXPECT_EQ(t.error, FrameError::kNone);
+      EXPECT_EQ(t.frames, std::vector<FrameRec>{data_frame(op, true, payload)});
+    }
+    FrameRec rsv = data_frame(Opcode::kBinary, false, payload);
+    rsv.rsv1 = true;
+    Trace t = run_frames(as_client(make_frame_header(Opcode::kBinary, n, false, true), payload, key), {}, deflate);
+    EXPECT_EQ(t.frames, std::vector<FrameRec>{rsv});
+  }
+}
+
+TEST(WsWriter, CloseFrames) {
+  EXPECT_EQ(make_close_frame(1000, "bye").view(), bytes({0x88, 0x05, 0x03, 0xE8}) + "bye");
+  EXPECT_EQ(make_close_frame(1001).view(), bytes({0x88, 0x02, 0x03, 0xE9}));
+  EXPECT_EQ(make_close_frame(close_code::kNoStatus, "ignored").view(), bytes({0x88, 0x00}));
+  // Long reasons are cut to 123 bytes, and never inside a character.
+  const std::string ascii(200, 'r');
+  CloseFrame f = make_close_frame(1011, ascii);
+  EXPECT_EQ(f.size, 127);
+  EXPECT_EQ(f.view().substr(4), ascii.substr(0, 123));
+  const std::string euro = "\xe2\x82\xac";
+  for (size_t lead = 119; lead <= 123; ++lead) {
+    SCOPED_TRACE(lead);
+    const std::string reason = std::string(lead, 'a') + euro + euro;
+    CloseFrame g = make_close_frame(1000, reason);
+    std::string_view got = g.view().substr(4);
+    const size_t fits = lead + (123 - lead) / 3 * 3;  // whole characters that fit in 123
+    EXPECT_EQ(got.size(), std::min(fits, reason.size()));
+    EXPECT_EQ(got, std::string_view(reason).substr(0, got.size()));
+    EXPECT_TRUE(utf8_valid(got));
+    EXPECT_EQ(static_cast<uint8_t>(g.bytes[1]), got.size() + 2);
+  }
+  // Round trip: what the writer sends, a parser reads back with the same code and reason.
+  const uint8_t key[4] = {1, 2, 3, 4};
+  const std::string reason = "server \xe2\x82\xac shutting down";
+  CloseFrame h = make_close_frame(close_code::kServiceRestart, reason);
+  std::string_view payload = h.view().substr(2);
+  Trace t = run_frames(as_client(make_frame_header(Opcode::kClose, payload.size()), std::string(payload), key), {}, {});
+  ASSERT_EQ(t.frames.size(), 1u);
+  EXPECT_EQ(t.frames[0].close_code, 1012);
+  EXPECT_EQ(t.frames[0].close_reason, reason);
+}
+
+TEST(WsWriter, ApplyMaskAtEveryPhase) {
+  const uint8_t key[4] = {0x11, 0x22, 0x44, 0x88};
+  std::string src(37, '\0');
+  for (size_t i = 0; i < src.size(); ++i) src[i] = char(i * 31);
+  for (size_t phase = 0; phase < 4; ++phase) {
+    for (size_t n = 0; n <= src.size(); ++n) {
+      std::string got = src.substr(0, n);
+      apply_mask(got.data(), n, key, phase);
+      for (size_t i = 0; i < n; ++i) ASSERT_EQ(uint8_t(got[i]), uint8_t(src[i] ^ key[(phase + i) % 4])) << phase << " " << i;
+    }
+  }
+}
+
+// No heap allocation while parsing or writing frames: the steady state of a connection.
+TEST(WsFrames, NoAllocation) {
+  std::string stream;
+  for (int k = 0; k < 50; ++k) {
+    stream += client_frame(0x1, "fragment \xe2\x82") + client_frame(kFin | 0x9, "ping") +
+              client_frame(kFin | 0x0, "\xac end") + client_frame(kFin | 0x2, std::string(300, 'b'));
+  }
+  stream += client_frame(kFin | 0x8, bytes({0x03, 0xE8}) + "done");
+  FrameParser parser;
+  size_t pos = 0, events = 0;
+  fulmen::test::g_counted_allocs = 0;
+  fulmen::test::t_count_allocs = true;
+  while (pos < stream.size()) {
+    const size_t n = std::min<size_t>(stream.size() - pos, 17);  // a slow reader
+    size_t used = 0;
+    for (;;) {
+      FrameParser::Result r = parser.feed(stream.data() + pos + used, n - used);
+      used += r.consumed;
+      if (r.event == FrameParser::Event::kNone || r.event == FrameParser::Event::kError) break;
+      ++events;
+    }
+    pos += n;
+  }
+  FrameHead h = make_frame_header(Opcode::kText, 70000);
+  CloseFrame c = make_close_frame(1000, "bye");
+  fulmen::test::t_count_allocs = false;
+  EXPECT_EQ(fulmen::test::g_counted_allocs.load(), 0u);
+  EXPECT_EQ(h.size, 10);
+  EXPECT_EQ(c.size, 7);
+  EXPECT_GT(events, 50u * 6);
 }
 
 }  // namespace
