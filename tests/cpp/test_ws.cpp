@@ -4,13 +4,16 @@
 // error, its close code and the byte it is reported at. Buffers end exactly at their allocation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "alloc_counter.hpp"
+#include "core/ws/base64.hpp"
 #include "core/ws/frame.hpp"
+#include "core/ws/handshake.hpp"
 #include "core/ws/utf8.hpp"
 #include "http1_support.hpp"
 
@@ -841,6 +844,284 @@ TEST(WsFrames, NoAllocation) {
   EXPECT_EQ(h.size, 10);
   EXPECT_EQ(c.size, 7);
   EXPECT_GT(events, 50u * 6);
+}
+
+// ---- handshake ------------------------------------------------------------------------------------
+
+using fulmen::http1::Header;
+
+std::string b64(const std::string& in) {
+  std::string out(base64_encoded_size(in.size()), '\0');
+  EXPECT_EQ(base64_encode(reinterpret_cast<const uint8_t*>(in.data()), in.size(), out.data()), out.size());
+  return out;
+}
+
+// Decoded bytes, or "<invalid>".
+std::string unb64(const std::string& in) {
+  uint8_t out[64];
+  ptrdiff_t n = base64_decode(in, out, sizeof out);
+  if (n < 0) return "<invalid>";
+  return std::string(reinterpret_cast<const char*>(out), size_t(n));
+}
+
+TEST(WsBase64, Rfc4648Vectors) {
+  const std::pair<const char*, const char*> v[] = {{"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},
+                                                   {"foo", "Zm9v"},  {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="},
+                                                   {"foobar", "Zm9vYmFy"}};
+  for (const auto& [plain, enc] : v) {
+    EXPECT_EQ(b64(plain), enc);
+    EXPECT_EQ(unb64(enc), plain);
+  }
+  EXPECT_EQ(b64(bytes({0xFB, 0xFF, 0xBF})), "+/+/");
+  EXPECT_EQ(unb64("+/+/"), bytes({0xFB, 0xFF, 0xBF}));
+}
+
+TEST(WsBase64, DecoderIsStrict) {
+  for (const char* bad : {"Zg=", "Zg", "Zh==", "Zm9=", "Z===", "====", "Zg==Zg==", "Zm9v\n", "Zm 9", "Zm-v", "Zm_v",
+                          "Zm9vY===", "=Zm9"}) {
+    EXPECT_EQ(unb64(bad), "<invalid>") << bad;
+  }
+  uint8_t out[2];
+  EXPECT_EQ(base64_decode("Zm9v", out, sizeof out), -1);  // 3 bytes do not fit in 2
+  EXPECT_EQ(base64_decode("Zm8=", out, sizeof out), 2);
+}
+
+TEST(WsHandshake, Rfc6455AcceptExample) {
+  // RFC 6455 1.3 and 4.2.2: the sample nonce, the SHA-1 bytes it lists, and their base64.
+  const AcceptValue a = compute_accept("dGhlIHNhbXBsZSBub25jZQ==");
+  EXPECT_EQ(a.view(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+  EXPECT_EQ(unb64(std::string(a.view())), bytes({0xb3, 0x7a, 0x4f, 0x2c, 0xc0, 0x62, 0x4f, 0x16, 0x90, 0xf6, 0x46,
+                                                 0x06, 0xcf, 0x38, 0x59, 0x45, 0xb2, 0xbe, 0xc4, 0xea}));
+  // A second nonce, its value computed independently with Python's hashlib and base64.
+  EXPECT_EQ(compute_accept("x3JJHMbDL1EzLkh9GBhXDw==").view(), "HSmrc0sMlYUkAGmm5OPpG2HaGWk=");
+}
+
+// The RFC 6455 4.1 example request, split by the real HTTP/1 parser.
+const char kRfcRequest[] =
+    "GET /chat HTTP/1.1\r\n"
+    "Host: server.example.com\r\n"
+    "Upgrade: websocket\r\n"
+    "Connection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Origin: http://example.com\r\n"
+    "Sec-WebSocket-Protocol: chat, superchat\r\n"
+    "Sec-WebSocket-Version: 13\r\n"
+    "\r\n";
+
+TEST(WsHandshake, Rfc6455RequestThroughTheHttpParser) {
+  auto check = [](std::string text, HandshakeError want) {
+    fulmen::http1::Limits lim;
+    Header hs[32];
+    fulmen::http1::Request req;
+    req.headers = hs;
+    req.headers_capacity = 32;
+    fulmen::http1::ParseError perr{};
+    size_t scan = 0;
+    ASSERT_GT(fulmen::http1::parse_request_head(text.data(), text.size(), lim, req, &perr, &scan), 0);
+    Handshake h;
+    EXPECT_EQ(parse_upgrade(req, h), want) << text;
+    if (want != HandshakeError::kNone) return;
+    EXPECT_EQ(h.key, "dGhlIHNhbXBsZSBub25jZQ==");
+    EXPECT_EQ(compute_accept(h.key).view(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    ASSERT_EQ(h.num_protocols, 2u);
+    EXPECT_EQ(h.protocols[0], "chat");
+    EXPECT_EQ(h.protocols[1], "superchat");
+    EXPECT_EQ(h.num_extensions, 0u);
+  };
+  const std::string rfc = kRfcRequest;
+  check(rfc, HandshakeError::kNone);
+  check("POST" + rfc.substr(3), HandshakeError::kNotGet);
+  std::string v10 = rfc;
+  v10.replace(v10.find("HTTP/1.1"), 8, "HTTP/1.0");
+  check(v10, HandshakeError::kBadHttpVersion);
+}
+
+struct Req {
+  std::vector<std::pair<std::string, std::string>> fields;
+  Req& add(std::string n, std::string v) {
+    fields.emplace_back(std::move(n), std::move(v));
+    return *this;
+  }
+  Req& drop(const std::string& n) {
+    std::erase_if(fields, [&](const auto& f) { return f.first == n; });
+    return *this;
+  }
+  Req& set(const std::string& n, std::string v) { return drop(n).add(n, std::move(v)); }
+  // The views in `h` point into `fields`: keep the Req alive while `h` is used.
+  HandshakeError parse(Handshake& h) const {
+    std::vector<Header> hs;
+    for (const auto& f : fields) hs.push_back(Header{f.first, f.second});
+    return parse_upgrade(hs.data(), hs.size(), h);
+  }
+  HandshakeError parse() const {
+    Handshake h;
+    return parse(h);
+  }
+};
+
+Req good_request() {
+  return Req()
+      .add("Host", "example.com")
+      .add("Upgrade", "websocket")
+      .add("Connection", "Upgrade")
+      .add("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+      .add("Sec-WebSocket-Version", "13");
+}
+
+TEST(WsHandshake, UpgradeAndConnectionTokens) {
+  EXPECT_EQ(good_request().parse(), HandshakeError::kNone);
+  // Case-insensitive names and tokens, token lists, several fields.
+  EXPECT_EQ(good_request().drop("Upgrade").add("UPGRADE", "WebSocket").parse(), HandshakeError::kNone);
+  EXPECT_EQ(good_request().set("Upgrade", "h2c, websocket").parse(), HandshakeError::kNone);
+  EXPECT_EQ(good_request().set("Connection", "keep-alive, Upgrade").parse(), HandshakeError::kNone);
+  EXPECT_EQ(good_request().set("Connection", "keep-alive").add("connection", "UPGRADE").parse(), HandshakeError::kNone);
+  // Missing or not a whole token.
+  EXPECT_EQ(good_request().drop("Upgrade").parse(), HandshakeError::kNoUpgradeWebSocket);
+  EXPECT_EQ(good_request().set("Upgrade", "h2c").parse(), HandshakeError::kNoUpgradeWebSocket);
+  EXPECT_EQ(good_request().set("Upgrade", "websocket2").parse(), HandshakeError::kNoUpgradeWebSocket);
+  EXPECT_EQ(good_request().drop("Connection").parse(), HandshakeError::kNoConnectionUpgrade);
+  EXPECT_EQ(good_request().set("Connection", "keep-alive").parse(), HandshakeError::kNoConnectionUpgrade);
+  EXPECT_EQ(good_request().set("Connection", "upgrades").parse(), HandshakeError::kNoConnectionUpgrade);
+  EXPECT_EQ(error_status(HandshakeError::kNoUpgradeWebSocket), 400);
+  EXPECT_EQ(error_status(HandshakeError::kNoConnectionUpgrade), 400);
+}
+
+TEST(WsHandshake, VersionMustBe13) {
+  EXPECT_EQ(good_request().drop("Sec-WebSocket-Version").parse(), HandshakeError::kBadVersion);
+  for (const char* v : {"8", "12", "14", "013", "13, 8", ""}) {
+    EXPECT_EQ(good_request().set("Sec-WebSocket-Version", v).parse(), HandshakeError::kBadVersion) << v;
+  }
+  EXPECT_EQ(good_request().add("Sec-WebSocket-Version", "8").parse(), HandshakeError::kBadVersion);
+  EXPECT_EQ(error_status(HandshakeError::kBadVersion), 426);
+  EXPECT_EQ(kSupportedVersion, "13");
+}
+
+TEST(WsHandshake, KeyMustBeBase64Of16Bytes) {
+  auto with_key = [](const std::string& k) { return good_request().set("Sec-WebSocket-Key", k).parse(); };
+  EXPECT_EQ(good_request().drop("Sec-WebSocket-Key").parse(), HandshakeError::kMissingKey);
+  EXPECT_EQ(with_key(b64(std::string(16, '\x01'))), HandshakeError::kNone);
+  EXPECT_EQ(with_key(b64(std::string(16, '\xff'))), HandshakeError::kNone);
+  EXPECT_EQ(with_key(b64(std::string(15, 'a'))), HandshakeError::kBadKey);  // 20 characters, no padding
+  EXPECT_EQ(with_key(b64(std::string(17, 'a'))), HandshakeError::kBadKey);  // 24 characters, one '='
+  EXPECT_EQ(with_key(b64(std::string(18, 'a'))), HandshakeError::kBadKey);
+  EXPECT_EQ(with_key(b64(std::string(32, 'a'))), HandshakeError::kBadKey);
+  EXPECT_EQ(with_key(""), HandshakeError::kBadKey);
+  EXPECT_EQ(with_key("dGhlIHNhbXBsZSBub25jZR=="), HandshakeError::kBadKey);  // leftover bits not zero
+  EXPECT_EQ(with_key("dGhlIHNhbXBsZSBub25jZQ="), HandshakeError::kBadKey);
+  EXPECT_EQ(with_key("dGhlIHNhbXBsZSBub25jZQ"), HandshakeError::kBadKey);
+  EXPECT_EQ(with_key("dGhlIHNhbXBsZSBub25j*Q=="), HandshakeError::kBadKey);
+  EXPECT_EQ(with_key("the sample nonce"), HandshakeError::kBadKey);  // 16 bytes, not encoded
+  // Sent twice, even with the same value: which one would the accept answer?
+  EXPECT_EQ(good_request().add("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==").parse(), HandshakeError::kBadKey);
+  EXPECT_EQ(error_status(HandshakeError::kMissingKey), 400);
+  EXPECT_EQ(error_status(HandshakeError::kBadKey), 400);
+}
+
+TEST(WsHandshake, ChecksRunInAFixedOrder) {
+  // Bad version and no key: 426 (the version is checked first), whatever the header order.
+  Req r = good_request().drop("Sec-WebSocket-Key").set("Sec-WebSocket-Version", "8");
+  EXPECT_EQ(r.parse(), HandshakeError::kBadVersion);
+  std::reverse(r.fields.begin(), r.fields.end());
+  EXPECT_EQ(r.parse(), HandshakeError::kBadVersion);
+  // No Upgrade token beats everything else.
+  EXPECT_EQ(good_request().drop("Upgrade").set("Sec-WebSocket-Version", "8").parse(), HandshakeError::kNoUpgradeWebSocket);
+  // A bad key beats a bad extension header.
+  EXPECT_EQ(good_request().set("Sec-WebSocket-Key", "x").add("Sec-WebSocket-Extensions", ";;").parse(),
+            HandshakeError::kBadKey);
+}
+
+TEST(WsHandshake, Subprotocols) {
+  Handshake h;
+  const Req two_fields =
+      good_request().add("Sec-WebSocket-Protocol", "chat, superchat").add("sec-websocket-protocol", " v2.chat ");
+  ASSERT_EQ(two_fields.parse(h), HandshakeError::kNone);
+  ASSERT_EQ(h.num_protocols, 3u);
+  EXPECT_EQ(h.protocols[0], "chat");
+  EXPECT_EQ(h.protocols[1], "superchat");
+  EXPECT_EQ(h.protocols[2], "v2.chat");
+  // Empty list elements are skipped (RFC 9110 5.6.1).
+  const Req empty_elements = good_request().add("Sec-WebSocket-Protocol", ",a ,, b,");
+  ASSERT_EQ(empty_elements.parse(h), HandshakeError::kNone);
+  ASSERT_EQ(h.num_protocols, 2u);
+  EXPECT_EQ(h.protocols[0], "a");
+  EXPECT_EQ(h.protocols[1], "b");
+  for (const char* bad : {"chat;v=1", "ch at", "chat/1", "\"chat\"", "a,b c"}) {
+    EXPECT_EQ(good_request().add("Sec-WebSocket-Protocol", bad).parse(), HandshakeError::kBadProtocols) << bad;
+  }
+  // kMaxSubprotocols and one more.
+  std::string list;
+  for (size_t k = 0; k < kMaxSubprotocols; ++k) list += (k ? ",p" : "p") + std::to_string(k);
+  const Req at_limit = good_request().add("Sec-WebSocket-Protocol", list);
+  ASSERT_EQ(at_limit.parse(h), HandshakeError::kNone);
+  EXPECT_EQ(h.num_protocols, kMaxSubprotocols);
+  EXPECT_EQ(h.protocols[kMaxSubprotocols - 1], "p" + std::to_string(kMaxSubprotocols - 1));
+  EXPECT_EQ(good_request().add("Sec-WebSocket-Protocol", list + ",one-more").parse(), HandshakeError::kTooManyProtocols);
+  EXPECT_EQ(error_status(HandshakeError::kTooManyProtocols), 400);
+}
+
+std::string param_str(const Handshake& h, const ExtensionOffer& o) {
+  std::string s(o.name);
+  for (size_t k = o.first_param; k < size_t(o.first_param) + o.num_params; ++k) {
+    const ExtensionParam& p = h.params[k];
+    s += ";" + std::string(p.name);
+    if (p.has_value) s += "=" + std::string(p.value) + (p.escaped ? "(escaped)" : "");
+  }
+  return s;
+}
+
+TEST(WsHandshake, ExtensionOffers) {
+  Handshake h;
+  // RFC 7692 5 style offers: a preferred one with parameters, then a fallback.
+  const Req offers3 =
+      good_request()
+          .add("Sec-WebSocket-Extensions",
+               "permessage-deflate; client_no_context_takeover; server_max_window_bits=10 , permessage-deflate")
+          .add("Sec-WebSocket-Extensions", "permessage-deflate;client_max_window_bits");
+  ASSERT_EQ(offers3.parse(h), HandshakeError::kNone);
+  ASSERT_EQ(h.num_extensions, 3u);
+  EXPECT_EQ(param_str(h, h.extensions[0]),
+            "permessage-deflate;client_no_context_takeover;server_max_window_bits=10");
+  EXPECT_EQ(param_str(h, h.extensions[1]), "permessage-deflate");
+  EXPECT_EQ(param_str(h, h.extensions[2]), "permessage-deflate;client_max_window_bits");
+  EXPECT_EQ(h.num_params, 3u);
+  // Quoted values (the content must be a token once unescaped), OWS around '=' and ';'.
+  const Req quoted = good_request().add("Sec-WebSocket-Extensions", "x-ext ; a = \"10\" ; b=\"1\\0\"");
+  ASSERT_EQ(quoted.parse(h), HandshakeError::kNone);
+  ASSERT_EQ(h.num_extensions, 1u);
+  EXPECT_EQ(param_str(h, h.extensions[0]), "x-ext;a=10;b=1\\0(escaped)");
+  // No header, or an empty one: no offers.
+  const Req empty = good_request().add("Sec-WebSocket-Extensions", "");
+  ASSERT_EQ(empty.parse(h), HandshakeError::kNone);
+  EXPECT_EQ(h.num_extensions, 0u);
+  for (const char* bad : {"permessage-deflate;", "; a", "a;;b", "a b", "a; b=", "a; b=\"\"", "a; b=\"1 0\"",
+                          "a; b=\"10", "a; b=\"1\\", "a; =1", "a; b=1 2", "a; b=\"1\"x", "\"a\""}) {
+    EXPECT_EQ(good_request().add("Sec-WebSocket-Extensions", bad).parse(), HandshakeError::kBadExtensions) << bad;
+  }
+  // kMaxExtensionOffers offers and one more; kMaxExtensionParams params and one more.
+  std::string offers, params = "p";
+  for (size_t k = 0; k < kMaxExtensionOffers; ++k) offers += k ? ", e" : "e";
+  for (size_t k = 0; k < kMaxExtensionParams; ++k) params += "; x" + std::to_string(k);
+  const Req max_offers = good_request().add("Sec-WebSocket-Extensions", offers);
+  ASSERT_EQ(max_offers.parse(h), HandshakeError::kNone);
+  EXPECT_EQ(h.num_extensions, kMaxExtensionOffers);
+  EXPECT_EQ(good_request().add("Sec-WebSocket-Extensions", offers + ", e").parse(), HandshakeError::kTooManyExtensions);
+  const Req max_params = good_request().add("Sec-WebSocket-Extensions", params);
+  ASSERT_EQ(max_params.parse(h), HandshakeError::kNone);
+  EXPECT_EQ(h.num_params, kMaxExtensionParams);
+  EXPECT_EQ(good_request().add("Sec-WebSocket-Extensions", params + "; y").parse(), HandshakeError::kTooManyExtensions);
+}
+
+TEST(WsHandshake, ErrorTables) {
+  for (int e = 0; e <= int(HandshakeError::kTooManyExtensions); ++e) {
+    const auto err = static_cast<HandshakeError>(e);
+    EXPECT_NE(std::string(error_reason(err)), "unknown error") << e;
+    EXPECT_EQ(error_status(err), err == HandshakeError::kBadVersion ? 426 : 400);
+  }
+  for (int e = 0; e <= int(FrameError::kInvalidUtf8); ++e) {
+    const auto err = static_cast<FrameError>(e);
+    EXPECT_NE(std::string(error_reason(err)), "unknown error") << e;
+    EXPECT_LE(std::strlen(error_reason(err)), 123u);  // fits a close frame
+  }
 }
 
 }  // namespace
