@@ -88,8 +88,8 @@ Trace run(const char* in, size_t n, const FrameOptions& opt, Rng* rng, bool tiny
   FrameParser parser(opt);
   Trace t;
   Frame cur;
-  std::string message;         // the current data message, for the UTF-8 oracle
-  bool open = false;           // independent fragmentation state
+  std::string message;  // the current data message, for the UTF-8 oracle
+  bool open = false;    // independent fragmentation state
   Opcode message_op = Opcode::kText;
   bool message_rsv1 = false;
   uint64_t message_len = 0;
@@ -114,7 +114,8 @@ Trace run(const char* in, size_t n, const FrameOptions& opt, Rng* rng, bool tiny
           FUZZ_CHECK(close_code_valid(close_code_for(r.error)));
           FUZZ_CHECK(error_reason(r.error) != nullptr && strlen(error_reason(r.error)) <= 123);
           FrameParser::Result again = parser.feed(b.p + pos, len - pos);
-          FUZZ_CHECK(again.event == FrameParser::Event::kError && again.error == r.error && again.consumed == 0);
+          FUZZ_CHECK(again.event == FrameParser::Event::kError && again.error == r.error &&
+                     again.consumed == 0);
           t.error = r.error;
           t.end = start + pos;
           return t;
@@ -145,7 +146,8 @@ Trace run(const char* in, size_t n, const FrameOptions& opt, Rng* rng, bool tiny
           }
           if (!is_control(h.opcode)) {
             FUZZ_CHECK(opt.max_message == 0 || message_len <= opt.max_message);
-            FUZZ_CHECK(parser.message_opcode() == message_op && parser.message_compressed() == message_rsv1);
+            FUZZ_CHECK(parser.message_opcode() == message_op &&
+                       parser.message_compressed() == message_rsv1);
             FUZZ_CHECK(parser.message_size() == message_len);
           }
           continue;
@@ -177,7 +179,8 @@ Trace run(const char* in, size_t n, const FrameOptions& opt, Rng* rng, bool tiny
           touch(r.close_reason);
           cur.payload.assign(r.payload);
           if (cur.opcode == Opcode::kClose) {
-            FUZZ_CHECK(r.close_code == close_code::kNoStatus ? r.payload.empty() : close_code_valid(r.close_code));
+            FUZZ_CHECK(r.close_code == close_code::kNoStatus ? r.payload.empty()
+                                                             : close_code_valid(r.close_code));
             FUZZ_CHECK(utf8_valid(r.close_reason));
             cur.close_code = r.close_code;
             cur.close_reason.assign(r.close_reason);
@@ -209,7 +212,9 @@ void round_trip(const Frame& f, const FrameOptions& opt) {
     wire += f.payload;
   }
   const uint8_t key[4] = {0x5a, 0xc3, 0x00, 0xff};
-  const size_t head = (static_cast<uint8_t>(wire[1]) & 0x7F) == 126 ? 4 : (static_cast<uint8_t>(wire[1]) & 0x7F) == 127 ? 10 : 2;
+  const size_t head = (static_cast<uint8_t>(wire[1]) & 0x7F) == 126   ? 4
+                      : (static_cast<uint8_t>(wire[1]) & 0x7F) == 127 ? 10
+                                                                      : 2;
   wire[1] = static_cast<char>(wire[1] | 0x80);
   wire.insert(head, reinterpret_cast<const char*>(key), 4);
   apply_mask(wire.data() + head + 4, wire.size() - head - 4, key);
@@ -275,10 +280,14 @@ size_t utf8_reference(const uint8_t* s, size_t n, bool* incomplete) {
     }
     int len;
     uint32_t bits;
-    if ((c & 0xE0) == 0xC0) len = 2, bits = c & 0x1F;
-    else if ((c & 0xF0) == 0xE0) len = 3, bits = c & 0x0F;
-    else if ((c & 0xF8) == 0xF0) len = 4, bits = c & 0x07;
-    else return i;
+    if ((c & 0xE0) == 0xC0)
+      len = 2, bits = c & 0x1F;
+    else if ((c & 0xF0) == 0xE0)
+      len = 3, bits = c & 0x0F;
+    else if ((c & 0xF8) == 0xF0)
+      len = 4, bits = c & 0x07;
+    else
+      return i;
     const uint32_t min_cp = len == 2 ? 0x80 : len == 3 ? 0x800 : 0x10000;
     const uint32_t max_cp = len == 2 ? 0x7FF : len == 3 ? 0xFFFF : 0x10FFFF;
     auto possible = [&](int have) {
@@ -323,7 +332,8 @@ void check_utf8(const char* in, size_t n, Rng& rng, bool tiny) {
   }
   FUZZ_CHECK(got_bad == want_bad);
   if (want_bad == SIZE_MAX)
-    FUZZ_CHECK(v.status() == (incomplete ? Utf8Validator::Status::kIncomplete : Utf8Validator::Status::kValid));
+    FUZZ_CHECK(v.status() ==
+               (incomplete ? Utf8Validator::Status::kIncomplete : Utf8Validator::Status::kValid));
   FUZZ_CHECK(utf8_valid(std::string_view(in, n)) == (want_bad == SIZE_MAX && !incomplete));
 }
 
@@ -336,8 +346,8 @@ void check_handshake(const char* in, size_t n) {
   const std::string_view kv(key.p, std::min<size_t>(n, 24));
   const std::string_view pv(protocols.p, third), ev(extensions.p, n - third);
   fulmen::http1::Header hs[] = {
-      {"Upgrade", "websocket"},      {"Connection", "Upgrade"},           {"Sec-WebSocket-Version", "13"},
-      {"Sec-WebSocket-Key", kv},     {"Sec-WebSocket-Protocol", pv},      {"Sec-WebSocket-Extensions", ev},
+      {"Upgrade", "websocket"},  {"Connection", "Upgrade"},      {"Sec-WebSocket-Version", "13"},
+      {"Sec-WebSocket-Key", kv}, {"Sec-WebSocket-Protocol", pv}, {"Sec-WebSocket-Extensions", ev},
   };
   static Handshake h;
   HandshakeError e = parse_upgrade(hs, sizeof hs / sizeof hs[0], h);
@@ -360,7 +370,8 @@ void check_handshake(const char* in, size_t n) {
   }
   FUZZ_CHECK(params == h.num_params);
   for (size_t k = 0; k < h.num_params; ++k) {
-    FUZZ_CHECK(!h.params[k].name.empty() && inside(h.params[k].name, ev) && inside(h.params[k].value, ev));
+    FUZZ_CHECK(!h.params[k].name.empty() && inside(h.params[k].name, ev) &&
+               inside(h.params[k].value, ev));
     FUZZ_CHECK(h.params[k].has_value || h.params[k].value.empty());
     touch(h.params[k].name);
     touch(h.params[k].value);

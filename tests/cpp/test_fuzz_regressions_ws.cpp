@@ -19,7 +19,8 @@ namespace {
 std::vector<std::string> files_in(const std::string& dir) {
   std::vector<std::string> out;
   for (const auto& e : std::filesystem::directory_iterator(dir))
-    if (e.is_regular_file() && e.path().filename().string().rfind("README", 0) != 0) out.push_back(e.path().string());
+    if (e.is_regular_file() && e.path().filename().string().rfind("README", 0) != 0)
+      out.push_back(e.path().string());
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -35,7 +36,8 @@ TEST(FuzzRegressions, Ws) {
   for (const auto& p : files) {
     SCOPED_TRACE(p);
     std::string data = read(p);
-    EXPECT_EQ(LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(data.data()), data.size()), 0);
+    EXPECT_EQ(LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(data.data()), data.size()),
+              0);
   }
 }
 
@@ -46,7 +48,8 @@ TEST(FuzzRegressions, WsSeeds) {
   for (const auto& p : files) {
     SCOPED_TRACE(p);
     std::string data = read(p);
-    EXPECT_EQ(LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(data.data()), data.size()), 0);
+    EXPECT_EQ(LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(data.data()), data.size()),
+              0);
   }
 }
 

@@ -22,7 +22,8 @@ using fulmen::test::ExactBuffer;
 
 namespace {
 
-// ---- UTF-8 ----------------------------------------------------------------------------------------
+// ---- UTF-8
+// ----------------------------------------------------------------------------------------
 
 using U8 = Utf8Validator::Status;
 
@@ -33,7 +34,9 @@ struct Utf8Outcome {
 };
 
 std::ostream& operator<<(std::ostream& os, const Utf8Outcome& o) {
-  const char* s = o.status == U8::kValid ? "valid" : o.status == U8::kIncomplete ? "incomplete" : "invalid";
+  const char* s = o.status == U8::kValid        ? "valid"
+                  : o.status == U8::kIncomplete ? "incomplete"
+                                                : "invalid";
   os << s;
   if (o.status == U8::kInvalid) os << " at " << o.bad;
   return os;
@@ -56,7 +59,9 @@ Utf8Outcome utf8_pieces(const std::string& s, const std::vector<size_t>& cuts) {
   return {v.status(), 0};
 }
 
-Utf8Outcome utf8_whole(const std::string& s) { return utf8_pieces(s, {}); }
+Utf8Outcome utf8_whole(const std::string& s) {
+  return utf8_pieces(s, {});
+}
 
 // The reference the validator is held to, written from the definition rather than the byte
 // table: decode each sequence's code point prefix and ask whether any completion of it is a
@@ -72,10 +77,14 @@ Utf8Outcome utf8_reference(const std::string& s) {
     }
     int len;
     uint32_t bits;
-    if ((c & 0xE0) == 0xC0) len = 2, bits = c & 0x1F;
-    else if ((c & 0xF0) == 0xE0) len = 3, bits = c & 0x0F;
-    else if ((c & 0xF8) == 0xF0) len = 4, bits = c & 0x07;
-    else return {U8::kInvalid, i};
+    if ((c & 0xE0) == 0xC0)
+      len = 2, bits = c & 0x1F;
+    else if ((c & 0xF0) == 0xE0)
+      len = 3, bits = c & 0x0F;
+    else if ((c & 0xF8) == 0xF0)
+      len = 4, bits = c & 0x07;
+    else
+      return {U8::kInvalid, i};
     const uint32_t min_cp = len == 2 ? 0x80 : len == 3 ? 0x800 : 0x10000;
     const uint32_t max_cp = len == 2 ? 0x7FF : len == 3 ? 0xFFFF : 0x10FFFF;
     // Is there a valid code point whose encoding starts with the `have` bytes seen so far?
@@ -123,7 +132,8 @@ TEST(Utf8, ValidAcrossEverySplit) {
       "\xef\xbf\xbf",                                  // U+FFFF
       "\xf0\x90\x80\x80",                              // U+10000, smallest 4-byte
       "\xf4\x8f\xbf\xbf",                              // U+10FFFF, the largest
-      "a\xe2\x82\xac" "bcdefghij\xf0\x9f\x98\x80xyz",  // mixed: euro sign, emoji
+      "a\xe2\x82\xac"
+      "bcdefghij\xf0\x9f\x98\x80xyz",  // mixed: euro sign, emoji
   };
   for (const char* s : valid) {
     expect_utf8_all_splits(s, {U8::kValid, 0});
@@ -136,24 +146,24 @@ TEST(Utf8, RefusedAtTheFirstImpossibleByte) {
     std::string in;
     size_t bad;
   } cases[] = {
-      {"\x80", 0},                          // lone continuation byte
+      {"\x80", 0},  // lone continuation byte
       {"abc\xbf", 3},
-      {"\xc0\x80", 0},                      // C0/C1 only ever start overlongs
+      {"\xc0\x80", 0},  // C0/C1 only ever start overlongs
       {"\xc1\xbf", 0},
-      {"\xe0\x80\x80", 1},                  // overlong 3-byte: fails at the second byte
+      {"\xe0\x80\x80", 1},  // overlong 3-byte: fails at the second byte
       {"\xe0\x9f\xbf", 1},
-      {"\xf0\x80\x80\x80", 1},              // overlong 4-byte
+      {"\xf0\x80\x80\x80", 1},  // overlong 4-byte
       {"\xf0\x8f\xbf\xbf", 1},
-      {"\xed\xa0\x80", 1},                  // U+D800: every completion of ED A0 is a surrogate
-      {"\xed\xbf\xbf", 1},                  // U+DFFF
-      {"\xf4\x90\x80\x80", 1},              // U+110000
-      {"\xf5\x80\x80\x80", 0},              // F5..FF never start anything
+      {"\xed\xa0\x80", 1},      // U+D800: every completion of ED A0 is a surrogate
+      {"\xed\xbf\xbf", 1},      // U+DFFF
+      {"\xf4\x90\x80\x80", 1},  // U+110000
+      {"\xf5\x80\x80\x80", 0},  // F5..FF never start anything
       {"\xfe", 0},
       {"\xff", 0},
-      {"\xc2\x41", 1},                      // lead byte followed by ASCII
+      {"\xc2\x41", 1},  // lead byte followed by ASCII
       {"\xe2\x82\x41", 2},
       {"\xf0\x9f\x98\x41", 3},
-      {"\xe2\x82\xac\xac", 3},              // one continuation byte too many
+      {"\xe2\x82\xac\xac", 3},  // one continuation byte too many
       // Autobahn 6.4.1: valid text, then U+110000; refused at 0x90, not at the end.
       {"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80\x65\x64\x69\x74\x65\x64", 12},
       // ASCII run long enough for the word-at-a-time path, then a bad byte.
@@ -209,8 +219,9 @@ TEST(Utf8, MatchesReferenceExhaustively) {
       ++checked;
     }
   }
-  const uint8_t edges[] = {0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2,
-                           0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFF};
+  const uint8_t edges[] = {0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF,
+                           0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE,
+                           0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFF};
   for (uint8_t a : edges)
     for (uint8_t b : edges)
       for (uint8_t c : edges)
@@ -250,16 +261,18 @@ TEST(Utf8, RandomSplitsOfLongText) {
   }
 }
 
-// ---- frames ---------------------------------------------------------------------------------------
+// ---- frames
+// ---------------------------------------------------------------------------------------
 
 const char* error_name(FrameError e) {
   switch (e) {
-#define N(x) \
-  case FrameError::x: return #x;
+    // clang-format off
+#define N(x) case FrameError::x: return #x;
     N(kNone) N(kReservedBits) N(kUnknownOpcode) N(kFragmentedControl) N(kUnexpectedContinuation)
     N(kExpectedContinuation) N(kUnmasked) N(kControlTooLong) N(kLengthTopBit) N(kMessageTooBig)
     N(kCloseTooShort) N(kBadCloseCode) N(kInvalidUtf8)
 #undef N
+    // clang-format on
   }
   return "?";
 }
@@ -334,7 +347,8 @@ Trace run_frames(const std::string& in, const std::vector<size_t>& cuts, const F
       }
       if (r.event == FrameParser::Event::kData) {
         // Unmasked in place: the piece is the bytes just consumed.
-        EXPECT_TRUE(r.payload.empty() || (r.payload.data() >= b.p + before && r.payload.data() + r.payload.size() == b.p + pos));
+        EXPECT_TRUE(r.payload.empty() || (r.payload.data() >= b.p + before &&
+                                          r.payload.data() + r.payload.size() == b.p + pos));
         cur.payload.append(r.payload);
         EXPECT_FALSE(r.message_end && !r.frame_end);
         if (r.frame_end) {
@@ -396,8 +410,8 @@ const uint8_t kRfcKey[4] = {0x37, 0xfa, 0x21, 0x3d};  // the masking key of RFC 
 // A client frame built byte by byte in the test, independent of the writer: first byte `b0`,
 // the payload masked with `key`, the length in the shortest form or the one `form` forces
 // (16 or 64). masked=false leaves out the MASK bit and the key.
-std::string client_frame(uint8_t b0, const std::string& payload, const uint8_t key[4] = kRfcKey, int form = 0,
-                         bool masked = true) {
+std::string client_frame(uint8_t b0, const std::string& payload, const uint8_t key[4] = kRfcKey,
+                         int form = 0, bool masked = true) {
   std::string f(1, char(b0));
   const uint8_t m = masked ? 0x80 : 0;
   const uint64_t n = payload.size();
@@ -434,7 +448,8 @@ FrameRec data_frame(Opcode op, bool fin, const std::string& payload) {
   return f;
 }
 
-FrameRec control_frame(Opcode op, const std::string& payload, uint16_t code = 0, const std::string& reason = "") {
+FrameRec control_frame(Opcode op, const std::string& payload, uint16_t code = 0,
+                       const std::string& reason = "") {
   FrameRec f;
   f.opcode = op;
   f.fin = true;
@@ -445,7 +460,8 @@ FrameRec control_frame(Opcode op, const std::string& payload, uint16_t code = 0,
   return f;
 }
 
-void expect_frames(const std::string& in, const std::vector<FrameRec>& want, const FrameOptions& opt = {}) {
+void expect_frames(const std::string& in, const std::vector<FrameRec>& want,
+                   const FrameOptions& opt = {}) {
   Trace t = replay_all(in, opt);
   EXPECT_EQ(t.error, FrameError::kNone) << error_name(t.error) << " at " << t.end;
   EXPECT_EQ(t.end, in.size());
@@ -453,7 +469,8 @@ void expect_frames(const std::string& in, const std::vector<FrameRec>& want, con
 }
 
 // The stream fails with `e` (and close code `code`) at the byte just before offset `at`.
-void expect_frame_error(const std::string& in, FrameError e, uint16_t code, size_t at, const FrameOptions& opt = {}) {
+void expect_frame_error(const std::string& in, FrameError e, uint16_t code, size_t at,
+                        const FrameOptions& opt = {}) {
   Trace t = replay_all(in, opt);
   EXPECT_EQ(error_name(t.error), std::string(error_name(e))) << t;
   EXPECT_EQ(t.end, at) << t;
@@ -463,13 +480,16 @@ void expect_frame_error(const std::string& in, FrameError e, uint16_t code, size
 // RFC 6455 5.7, the examples, as a client must send them (masked).
 TEST(WsFrames, Rfc6455Examples) {
   // "A single-frame masked text message"
-  const std::string hello_masked = bytes({0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58});
-  EXPECT_EQ(hello_masked, client_frame(kFin | 0x1, "Hello"));  // the test's builder agrees with the RFC
+  const std::string hello_masked =
+      bytes({0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58});
+  EXPECT_EQ(hello_masked,
+            client_frame(kFin | 0x1, "Hello"));  // the test's builder agrees with the RFC
   expect_frames(hello_masked, {data_frame(Opcode::kText, true, "Hello")});
 
   // "A fragmented unmasked text message", masked as a client sends it: "Hel" + "lo".
-  expect_frames(client_frame(0x01, "Hel") + client_frame(kFin | 0x0, "lo"),
-                {data_frame(Opcode::kText, false, "Hel"), data_frame(Opcode::kContinuation, true, "lo")});
+  expect_frames(
+      client_frame(0x01, "Hel") + client_frame(kFin | 0x0, "lo"),
+      {data_frame(Opcode::kText, false, "Hel"), data_frame(Opcode::kContinuation, true, "lo")});
 
   // "Unmasked Ping request and masked Ping response": ping with "Hello", and the masked pong.
   expect_frames(client_frame(kFin | 0x9, "Hello"), {control_frame(Opcode::kPing, "Hello")});
@@ -490,8 +510,10 @@ TEST(WsFrames, Rfc6455Examples) {
 
 TEST(WsFrames, UnmaskedClientFrameIsRefused) {
   // RFC 6455 5.7's unmasked "Hello": fine from a server, a protocol error from a client.
-  expect_frame_error(bytes({0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f}), FrameError::kUnmasked, 1002, 2);
-  expect_frame_error(client_frame(kFin | 0x9, "", kRfcKey, 0, false), FrameError::kUnmasked, 1002, 2);
+  expect_frame_error(bytes({0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f}), FrameError::kUnmasked, 1002,
+                     2);
+  expect_frame_error(client_frame(kFin | 0x9, "", kRfcKey, 0, false), FrameError::kUnmasked, 1002,
+                     2);
 }
 
 TEST(WsFrames, LengthForms) {
@@ -501,23 +523,27 @@ TEST(WsFrames, LengthForms) {
     std::string payload(n, 'x');
     expect_frames(client_frame(kFin | 0x2, payload), {data_frame(Opcode::kBinary, true, payload)});
   }
-  expect_frames(client_frame(kFin | 0x1, "short", kRfcKey, 16), {data_frame(Opcode::kText, true, "short")});
-  expect_frames(client_frame(kFin | 0x1, "short", kRfcKey, 64), {data_frame(Opcode::kText, true, "short")});
+  expect_frames(client_frame(kFin | 0x1, "short", kRfcKey, 16),
+                {data_frame(Opcode::kText, true, "short")});
+  expect_frames(client_frame(kFin | 0x1, "short", kRfcKey, 64),
+                {data_frame(Opcode::kText, true, "short")});
   expect_frames(client_frame(kFin | 0x2, std::string(300, 'y'), kRfcKey, 64),
                 {data_frame(Opcode::kBinary, true, std::string(300, 'y'))});
   // 64-bit length with the top bit set: refused when the length is complete (byte 10).
-  expect_frame_error(bytes({0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1}) + "keyk", FrameError::kLengthTopBit, 1002, 10);
+  expect_frame_error(bytes({0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1}) + "keyk",
+                     FrameError::kLengthTopBit, 1002, 10);
   FrameOptions unlimited;
   unlimited.max_message = 0;
-  expect_frame_error(bytes({0x82, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF}), FrameError::kLengthTopBit,
-                     1002, 10, unlimited);
+  expect_frame_error(bytes({0x82, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF}),
+                     FrameError::kLengthTopBit, 1002, 10, unlimited);
 }
 
 TEST(WsFrames, EmptyFrames) {
   expect_frames(client_frame(kFin | 0x1, ""), {data_frame(Opcode::kText, true, "")});
-  expect_frames(client_frame(0x2, "") + client_frame(0x0, "") + client_frame(kFin | 0x0, "ab"),
-                {data_frame(Opcode::kBinary, false, ""), data_frame(Opcode::kContinuation, false, ""),
-                 data_frame(Opcode::kContinuation, true, "ab")});
+  expect_frames(
+      client_frame(0x2, "") + client_frame(0x0, "") + client_frame(kFin | 0x0, "ab"),
+      {data_frame(Opcode::kBinary, false, ""), data_frame(Opcode::kContinuation, false, ""),
+       data_frame(Opcode::kContinuation, true, "ab")});
   expect_frames(client_frame(kFin | 0x9, "") + client_frame(kFin | 0xA, ""),
                 {control_frame(Opcode::kPing, ""), control_frame(Opcode::kPong, "")});
   // An empty frame's kData is pending even when its header was the last byte of the input.
@@ -541,8 +567,8 @@ TEST(WsFrames, ReservedBitsAndOpcodes) {
     expect_frame_error(client_frame(kFin | op, "a"), FrameError::kUnknownOpcode, 1002, 1);
   }
   // After a valid frame the offset counts from the start of the stream.
-  expect_frame_error(client_frame(kFin | 0x1, "ok") + client_frame(kFin | 0x3, ""), FrameError::kUnknownOpcode,
-                     1002, 9);
+  expect_frame_error(client_frame(kFin | 0x1, "ok") + client_frame(kFin | 0x3, ""),
+                     FrameError::kUnknownOpcode, 1002, 9);
 }
 
 TEST(WsFrames, Rsv1OnlyWhenNegotiatedAndOnlyOnFirstDataFrame) {
@@ -553,11 +579,13 @@ TEST(WsFrames, Rsv1OnlyWhenNegotiatedAndOnlyOnFirstDataFrame) {
   expect_frames(client_frame(kRsv1 | 0x1, "ab") + client_frame(kFin | 0x0, "cd"),
                 {first, data_frame(Opcode::kContinuation, true, "cd")}, deflate);
   // RFC 7692 6: not on continuation frames, not on control frames.
-  expect_frame_error(client_frame(0x1, "ab") + client_frame(kFin | kRsv1 | 0x0, "cd"), FrameError::kReservedBits,
-                     1002, 9, deflate);
-  expect_frame_error(client_frame(kFin | kRsv1 | 0x9, ""), FrameError::kReservedBits, 1002, 1, deflate);
+  expect_frame_error(client_frame(0x1, "ab") + client_frame(kFin | kRsv1 | 0x0, "cd"),
+                     FrameError::kReservedBits, 1002, 9, deflate);
+  expect_frame_error(client_frame(kFin | kRsv1 | 0x9, ""), FrameError::kReservedBits, 1002, 1,
+                     deflate);
   // RSV2 stays reserved with deflate on.
-  expect_frame_error(client_frame(kFin | 0x20 | 0x1, ""), FrameError::kReservedBits, 1002, 1, deflate);
+  expect_frame_error(client_frame(kFin | 0x20 | 0x1, ""), FrameError::kReservedBits, 1002, 1,
+                     deflate);
 }
 
 TEST(WsFrames, ControlFrameRules) {
@@ -566,10 +594,13 @@ TEST(WsFrames, ControlFrameRules) {
   // 125 is the most a control frame may carry; 126 is refused at the length byte.
   const std::string p125(125, 'p');
   expect_frames(client_frame(kFin | 0x9, p125), {control_frame(Opcode::kPing, p125)});
-  expect_frame_error(client_frame(kFin | 0x9, std::string(126, 'p')), FrameError::kControlTooLong, 1002, 2);
-  expect_frame_error(client_frame(kFin | 0xA, std::string(70000, 'p')), FrameError::kControlTooLong, 1002, 2);
+  expect_frame_error(client_frame(kFin | 0x9, std::string(126, 'p')), FrameError::kControlTooLong,
+                     1002, 2);
+  expect_frame_error(client_frame(kFin | 0xA, std::string(70000, 'p')), FrameError::kControlTooLong,
+                     1002, 2);
   // Even a small length in the 16-bit form: the 7-bit field says 126, which is too long.
-  expect_frame_error(client_frame(kFin | 0x9, "tiny", kRfcKey, 16), FrameError::kControlTooLong, 1002, 2);
+  expect_frame_error(client_frame(kFin | 0x9, "tiny", kRfcKey, 16), FrameError::kControlTooLong,
+                     1002, 2);
 }
 
 TEST(WsFrames, Fragmentation) {
@@ -585,16 +616,19 @@ TEST(WsFrames, Fragmentation) {
   expect_frame_error(client_frame(kFin | 0x1, "done") + client_frame(kFin | 0x0, "x"),
                      FrameError::kUnexpectedContinuation, 1002, 11);
   // A fragmented message closes with its FIN frame: then a new message, not a continuation.
-  expect_frames(client_frame(0x1, "a") + client_frame(kFin | 0x0, "b") + client_frame(kFin | 0x1, "c"),
-                {data_frame(Opcode::kText, false, "a"), data_frame(Opcode::kContinuation, true, "b"),
-                 data_frame(Opcode::kText, true, "c")});
-  expect_frame_error(client_frame(0x1, "a") + client_frame(kFin | 0x0, "b") + client_frame(kFin | 0x0, "c"),
-                     FrameError::kUnexpectedContinuation, 1002, 15);
+  expect_frames(
+      client_frame(0x1, "a") + client_frame(kFin | 0x0, "b") + client_frame(kFin | 0x1, "c"),
+      {data_frame(Opcode::kText, false, "a"), data_frame(Opcode::kContinuation, true, "b"),
+       data_frame(Opcode::kText, true, "c")});
+  expect_frame_error(
+      client_frame(0x1, "a") + client_frame(kFin | 0x0, "b") + client_frame(kFin | 0x0, "c"),
+      FrameError::kUnexpectedContinuation, 1002, 15);
   // A new data frame while a fragmented message is open (also after an interleaved ping).
-  expect_frame_error(client_frame(0x1, "ab") + client_frame(kFin | 0x1, "cd"), FrameError::kExpectedContinuation,
-                     1002, 9);
-  expect_frame_error(client_frame(0x2, "ab") + client_frame(kFin | 0x9, "") + client_frame(0x2, "cd"),
-                     FrameError::kExpectedContinuation, 1002, 15);
+  expect_frame_error(client_frame(0x1, "ab") + client_frame(kFin | 0x1, "cd"),
+                     FrameError::kExpectedContinuation, 1002, 9);
+  expect_frame_error(
+      client_frame(0x2, "ab") + client_frame(kFin | 0x9, "") + client_frame(0x2, "cd"),
+      FrameError::kExpectedContinuation, 1002, 15);
   // The message opcode is carried over to its continuation frames.
   FrameParser p;
   std::string s = client_frame(0x2, "ab") + client_frame(kFin | 0x0, "cd");
@@ -616,19 +650,24 @@ TEST(WsFrames, MessageSizeLimit) {
   FrameOptions opt;
   opt.max_message = 10;
   // N and N+1, in one frame and across fragments; refused at the byte that completes the length.
-  expect_frames(client_frame(kFin | 0x2, std::string(10, 'a')), {data_frame(Opcode::kBinary, true, std::string(10, 'a'))},
-                opt);
-  expect_frame_error(client_frame(kFin | 0x2, std::string(11, 'a')), FrameError::kMessageTooBig, 1009, 2, opt);
-  expect_frames(client_frame(0x1, "12345") + client_frame(kFin | 0x0, "67890"),
-                {data_frame(Opcode::kText, false, "12345"), data_frame(Opcode::kContinuation, true, "67890")}, opt);
-  expect_frame_error(client_frame(0x1, "12345") + client_frame(kFin | 0x0, "678901"), FrameError::kMessageTooBig,
-                     1009, 13, opt);
+  expect_frames(client_frame(kFin | 0x2, std::string(10, 'a')),
+                {data_frame(Opcode::kBinary, true, std::string(10, 'a'))}, opt);
+  expect_frame_error(client_frame(kFin | 0x2, std::string(11, 'a')), FrameError::kMessageTooBig,
+                     1009, 2, opt);
+  expect_frames(
+      client_frame(0x1, "12345") + client_frame(kFin | 0x0, "67890"),
+      {data_frame(Opcode::kText, false, "12345"), data_frame(Opcode::kContinuation, true, "67890")},
+      opt);
+  expect_frame_error(client_frame(0x1, "12345") + client_frame(kFin | 0x0, "678901"),
+                     FrameError::kMessageTooBig, 1009, 13, opt);
   // Control frames do not count; the count starts again with each message.
-  expect_frames(client_frame(0x1, "12345") + client_frame(kFin | 0x9, "pingpingping") +
-                    client_frame(kFin | 0x0, "67890") + client_frame(kFin | 0x1, "0123456789"),
-                {data_frame(Opcode::kText, false, "12345"), control_frame(Opcode::kPing, "pingpingping"),
-                 data_frame(Opcode::kContinuation, true, "67890"), data_frame(Opcode::kText, true, "0123456789")},
-                opt);
+  expect_frames(
+      client_frame(0x1, "12345") + client_frame(kFin | 0x9, "pingpingping") +
+          client_frame(kFin | 0x0, "67890") + client_frame(kFin | 0x1, "0123456789"),
+      {data_frame(Opcode::kText, false, "12345"), control_frame(Opcode::kPing, "pingpingping"),
+       data_frame(Opcode::kContinuation, true, "67890"),
+       data_frame(Opcode::kText, true, "0123456789")},
+      opt);
   // The default, 16 MiB, judged on the announced length before any payload arrives.
   EXPECT_EQ(kDefaultMaxMessage, 16u * 1024 * 1024);
   const uint64_t n = kDefaultMaxMessage;
@@ -648,28 +687,33 @@ TEST(WsFrames, MessageSizeLimit) {
 TEST(WsFrames, CloseFrames) {
   // Empty: no status (1005). Code only. Code and UTF-8 reason.
   expect_frames(client_frame(kFin | 0x8, ""), {control_frame(Opcode::kClose, "", 1005)});
-  expect_frames(client_frame(kFin | 0x8, bytes({0x03, 0xE8})), {control_frame(Opcode::kClose, bytes({0x03, 0xE8}), 1000)});
+  expect_frames(client_frame(kFin | 0x8, bytes({0x03, 0xE8})),
+                {control_frame(Opcode::kClose, bytes({0x03, 0xE8}), 1000)});
   const std::string reason = "bye \xe2\x82\xac";
   expect_frames(client_frame(kFin | 0x8, bytes({0x0F, 0xA0}) + reason),
                 {control_frame(Opcode::kClose, bytes({0x0F, 0xA0}) + reason, 4000, reason)});
   // One byte: there is no 1-byte close payload.
   expect_frame_error(client_frame(kFin | 0x8, "\x03"), FrameError::kCloseTooShort, 1002, 7);
   // Every code that may be received, and the ones that may not (Autobahn 7.7.x and 7.9.x).
-  for (int code : {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999}) {
+  for (int code : {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000,
+                   3999, 4000, 4999}) {
     SCOPED_TRACE(code);
     const std::string payload = bytes({code >> 8, code & 0xFF});
-    expect_frames(client_frame(kFin | 0x8, payload), {control_frame(Opcode::kClose, payload, uint16_t(code))});
+    expect_frames(client_frame(kFin | 0x8, payload),
+                  {control_frame(Opcode::kClose, payload, uint16_t(code))});
     EXPECT_TRUE(close_code_valid(uint16_t(code)));
   }
   for (int code : {0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535}) {
     SCOPED_TRACE(code);
-    expect_frame_error(client_frame(kFin | 0x8, bytes({code >> 8, code & 0xFF})), FrameError::kBadCloseCode, 1002, 8);
+    expect_frame_error(client_frame(kFin | 0x8, bytes({code >> 8, code & 0xFF})),
+                       FrameError::kBadCloseCode, 1002, 8);
     EXPECT_FALSE(close_code_valid(uint16_t(code)));
   }
   // A reason that is not UTF-8: 1007, at the end of the frame.
-  expect_frame_error(client_frame(kFin | 0x8, bytes({0x03, 0xE8}) + "\xed\xa0\x80"), FrameError::kInvalidUtf8, 1007,
-                     11);
-  expect_frame_error(client_frame(kFin | 0x8, bytes({0x03, 0xE8}) + "ab\xe2\x82"), FrameError::kInvalidUtf8, 1007, 12);
+  expect_frame_error(client_frame(kFin | 0x8, bytes({0x03, 0xE8}) + "\xed\xa0\x80"),
+                     FrameError::kInvalidUtf8, 1007, 11);
+  expect_frame_error(client_frame(kFin | 0x8, bytes({0x03, 0xE8}) + "ab\xe2\x82"),
+                     FrameError::kInvalidUtf8, 1007, 12);
   // parse_close_payload on its own.
   CloseInfo c = parse_close_payload(bytes({0x03, 0xE9}) + "going");
   EXPECT_EQ(c.code, 1001);
@@ -679,19 +723,23 @@ TEST(WsFrames, CloseFrames) {
 
 TEST(WsFrames, TextUtf8FailsFast) {
   // Refused at the byte that makes it impossible (A0 after ED), not at the end of the frame.
-  const std::string bad = "ab\xed\xa0\x80" "cd";
+  const std::string bad =
+      "ab\xed\xa0\x80"
+      "cd";
   expect_frame_error(client_frame(kFin | 0x1, bad), FrameError::kInvalidUtf8, 1007, 6 + 4);
   // Across fragments (and an interleaved ping), a character may be split between frames...
-  expect_frames(client_frame(0x1, "\xe2\x82") + client_frame(kFin | 0x9, "") + client_frame(kFin | 0x0, "\xac"),
+  expect_frames(client_frame(0x1, "\xe2\x82") + client_frame(kFin | 0x9, "") +
+                    client_frame(kFin | 0x0, "\xac"),
                 {data_frame(Opcode::kText, false, "\xe2\x82"), control_frame(Opcode::kPing, ""),
                  data_frame(Opcode::kContinuation, true, "\xac")});
   // ... but the message may not end inside one: refused at the last byte of the final frame.
-  expect_frame_error(client_frame(0x1, "ok") + client_frame(kFin | 0x0, "\xe2\x82"), FrameError::kInvalidUtf8, 1007,
-                     8 + 8);
+  expect_frame_error(client_frame(0x1, "ok") + client_frame(kFin | 0x0, "\xe2\x82"),
+                     FrameError::kInvalidUtf8, 1007, 8 + 8);
   // Autobahn 6.4.1: bad in the first fragment, at 0x90, before the later fragments arrive.
-  expect_frame_error(client_frame(0x1, "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80") +
-                         client_frame(kFin | 0x0, "edited"),
-                     FrameError::kInvalidUtf8, 1007, 6 + 13);
+  expect_frame_error(
+      client_frame(0x1, "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80") +
+          client_frame(kFin | 0x0, "edited"),
+      FrameError::kInvalidUtf8, 1007, 6 + 13);
   // Binary is not checked; text with RSV1 (compressed) is checked after inflating, not here;
   // and validate_utf8 = false turns the check off.
   expect_frames(client_frame(kFin | 0x2, "\xff"), {data_frame(Opcode::kBinary, true, "\xff")});
@@ -702,10 +750,11 @@ TEST(WsFrames, TextUtf8FailsFast) {
   expect_frames(client_frame(kFin | kRsv1 | 0x1, "\xff\xfe"), {compressed}, deflate);
   FrameOptions no_check;
   no_check.validate_utf8 = false;
-  expect_frames(client_frame(kFin | 0x1, "\xff"), {data_frame(Opcode::kText, true, "\xff")}, no_check);
+  expect_frames(client_frame(kFin | 0x1, "\xff"), {data_frame(Opcode::kText, true, "\xff")},
+                no_check);
   // The validator starts afresh with each message.
-  expect_frame_error(client_frame(kFin | 0x1, "fine") + client_frame(kFin | 0x1, "\x80"), FrameError::kInvalidUtf8,
-                     1007, 10 + 7);
+  expect_frame_error(client_frame(kFin | 0x1, "fine") + client_frame(kFin | 0x1, "\x80"),
+                     FrameError::kInvalidUtf8, 1007, 10 + 7);
 }
 
 TEST(WsFrames, ResetStartsAStreamAfresh) {
@@ -721,7 +770,8 @@ TEST(WsFrames, ResetStartsAStreamAfresh) {
   EXPECT_EQ(r.error, FrameError::kUnexpectedContinuation);
 }
 
-// ---- writer ---------------------------------------------------------------------------------------
+// ---- writer
+// ---------------------------------------------------------------------------------------
 
 TEST(WsWriter, HeaderForms) {
   // RFC 6455 5.7's unmasked examples are exactly what a server sends.
@@ -730,7 +780,8 @@ TEST(WsWriter, HeaderForms) {
   EXPECT_EQ(make_frame_header(Opcode::kContinuation, 2).view(), bytes({0x80, 0x02}));
   EXPECT_EQ(make_frame_header(Opcode::kPing, 5).view(), bytes({0x89, 0x05}));
   EXPECT_EQ(make_frame_header(Opcode::kBinary, 256).view(), bytes({0x82, 0x7E, 0x01, 0x00}));
-  EXPECT_EQ(make_frame_header(Opcode::kBinary, 65536).view(), bytes({0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0}));
+  EXPECT_EQ(make_frame_header(Opcode::kBinary, 65536).view(),
+            bytes({0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0}));
   // Form boundaries.
   EXPECT_EQ(make_frame_header(Opcode::kBinary, 125).view(), bytes({0x82, 125}));
   EXPECT_EQ(make_frame_header(Opcode::kBinary, 126).view(), bytes({0x82, 0x7E, 0x00, 126}));
@@ -764,7 +815,8 @@ TEST(WsWriter, RoundTripThroughTheParser) {
     }
     FrameRec rsv = data_frame(Opcode::kBinary, false, payload);
     rsv.rsv1 = true;
-    Trace t = run_frames(as_client(make_frame_header(Opcode::kBinary, n, false, true), payload, key), {}, deflate);
+    Trace t = run_frames(
+        as_client(make_frame_header(Opcode::kBinary, n, false, true), payload, key), {}, deflate);
     EXPECT_EQ(t.frames, std::vector<FrameRec>{rsv});
   }
 }
@@ -795,7 +847,9 @@ TEST(WsWriter, CloseFrames) {
   const std::string reason = "server \xe2\x82\xac shutting down";
   CloseFrame h = make_close_frame(close_code::kServiceRestart, reason);
   std::string_view payload = h.view().substr(2);
-  Trace t = run_frames(as_client(make_frame_header(Opcode::kClose, payload.size()), std::string(payload), key), {}, {});
+  Trace t = run_frames(
+      as_client(make_frame_header(Opcode::kClose, payload.size()), std::string(payload), key), {},
+      {});
   ASSERT_EQ(t.frames.size(), 1u);
   EXPECT_EQ(t.frames[0].close_code, 1012);
   EXPECT_EQ(t.frames[0].close_reason, reason);
@@ -809,7 +863,8 @@ TEST(WsWriter, ApplyMaskAtEveryPhase) {
     for (size_t n = 0; n <= src.size(); ++n) {
       std::string got = src.substr(0, n);
       apply_mask(got.data(), n, key, phase);
-      for (size_t i = 0; i < n; ++i) ASSERT_EQ(uint8_t(got[i]), uint8_t(src[i] ^ key[(phase + i) % 4])) << phase << " " << i;
+      for (size_t i = 0; i < n; ++i)
+        ASSERT_EQ(uint8_t(got[i]), uint8_t(src[i] ^ key[(phase + i) % 4])) << phase << " " << i;
     }
   }
 }
@@ -819,7 +874,8 @@ TEST(WsFrames, NoAllocation) {
   std::string stream;
   for (int k = 0; k < 50; ++k) {
     stream += client_frame(0x1, "fragment \xe2\x82") + client_frame(kFin | 0x9, "ping") +
-              client_frame(kFin | 0x0, "\xac end") + client_frame(kFin | 0x2, std::string(300, 'b'));
+              client_frame(kFin | 0x0, "\xac end") +
+              client_frame(kFin | 0x2, std::string(300, 'b'));
   }
   stream += client_frame(kFin | 0x8, bytes({0x03, 0xE8}) + "done");
   FrameParser parser;
@@ -850,13 +906,15 @@ TEST(WsFrames, NoAllocation) {
   EXPECT_GT(events, 50u * 6);
 }
 
-// ---- handshake ------------------------------------------------------------------------------------
+// ---- handshake
+// ------------------------------------------------------------------------------------
 
 using fulmen::http1::Header;
 
 std::string b64(const std::string& in) {
   std::string out(base64_encoded_size(in.size()), '\0');
-  EXPECT_EQ(base64_encode(reinterpret_cast<const uint8_t*>(in.data()), in.size(), out.data()), out.size());
+  EXPECT_EQ(base64_encode(reinterpret_cast<const uint8_t*>(in.data()), in.size(), out.data()),
+            out.size());
   return out;
 }
 
@@ -869,8 +927,12 @@ std::string unb64(const std::string& in) {
 }
 
 TEST(WsBase64, Rfc4648Vectors) {
-  const std::pair<const char*, const char*> v[] = {{"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},
-                                                   {"foo", "Zm9v"},  {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="},
+  const std::pair<const char*, const char*> v[] = {{"", ""},
+                                                   {"f", "Zg=="},
+                                                   {"fo", "Zm8="},
+                                                   {"foo", "Zm9v"},
+                                                   {"foob", "Zm9vYg=="},
+                                                   {"fooba", "Zm9vYmE="},
                                                    {"foobar", "Zm9vYmFy"}};
   for (const auto& [plain, enc] : v) {
     EXPECT_EQ(b64(plain), enc);
@@ -881,8 +943,8 @@ TEST(WsBase64, Rfc4648Vectors) {
 }
 
 TEST(WsBase64, DecoderIsStrict) {
-  for (const char* bad : {"Zg=", "Zg", "Zh==", "Zm9=", "Z===", "====", "Zg==Zg==", "Zm9v\n", "Zm 9", "Zm-v", "Zm_v",
-                          "Zm9vY===", "=Zm9"}) {
+  for (const char* bad : {"Zg=", "Zg", "Zh==", "Zm9=", "Z===", "====", "Zg==Zg==", "Zm9v\n", "Zm 9",
+                          "Zm-v", "Zm_v", "Zm9vY===", "=Zm9"}) {
     EXPECT_EQ(unb64(bad), "<invalid>") << bad;
   }
   uint8_t out[2];
@@ -894,8 +956,9 @@ TEST(WsHandshake, Rfc6455AcceptExample) {
   // RFC 6455 1.3 and 4.2.2: the sample nonce, the SHA-1 bytes it lists, and their base64.
   const AcceptValue a = compute_accept("dGhlIHNhbXBsZSBub25jZQ==");
   EXPECT_EQ(a.view(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-  EXPECT_EQ(unb64(std::string(a.view())), bytes({0xb3, 0x7a, 0x4f, 0x2c, 0xc0, 0x62, 0x4f, 0x16, 0x90, 0xf6, 0x46,
-                                                 0x06, 0xcf, 0x38, 0x59, 0x45, 0xb2, 0xbe, 0xc4, 0xea}));
+  EXPECT_EQ(unb64(std::string(a.view())),
+            bytes({0xb3, 0x7a, 0x4f, 0x2c, 0xc0, 0x62, 0x4f, 0x16, 0x90, 0xf6,
+                   0x46, 0x06, 0xcf, 0x38, 0x59, 0x45, 0xb2, 0xbe, 0xc4, 0xea}));
   // A second nonce, its value computed independently with Python's hashlib and base64.
   EXPECT_EQ(compute_accept("x3JJHMbDL1EzLkh9GBhXDw==").view(), "HSmrc0sMlYUkAGmm5OPpG2HaGWk=");
 }
@@ -921,7 +984,8 @@ TEST(WsHandshake, Rfc6455RequestThroughTheHttpParser) {
     req.headers_capacity = 32;
     fulmen::http1::ParseError perr{};
     size_t scan = 0;
-    ASSERT_GT(fulmen::http1::parse_request_head(text.data(), text.size(), lim, req, &perr, &scan), 0);
+    ASSERT_GT(fulmen::http1::parse_request_head(text.data(), text.size(), lim, req, &perr, &scan),
+              0);
     Handshake h;
     EXPECT_EQ(parse_upgrade(req, h), want) << text;
     if (want != HandshakeError::kNone) return;
@@ -975,17 +1039,22 @@ Req good_request() {
 TEST(WsHandshake, UpgradeAndConnectionTokens) {
   EXPECT_EQ(good_request().parse(), HandshakeError::kNone);
   // Case-insensitive names and tokens, token lists, several fields.
-  EXPECT_EQ(good_request().drop("Upgrade").add("UPGRADE", "WebSocket").parse(), HandshakeError::kNone);
+  EXPECT_EQ(good_request().drop("Upgrade").add("UPGRADE", "WebSocket").parse(),
+            HandshakeError::kNone);
   EXPECT_EQ(good_request().set("Upgrade", "h2c, websocket").parse(), HandshakeError::kNone);
   EXPECT_EQ(good_request().set("Connection", "keep-alive, Upgrade").parse(), HandshakeError::kNone);
-  EXPECT_EQ(good_request().set("Connection", "keep-alive").add("connection", "UPGRADE").parse(), HandshakeError::kNone);
+  EXPECT_EQ(good_request().set("Connection", "keep-alive").add("connection", "UPGRADE").parse(),
+            HandshakeError::kNone);
   // Missing or not a whole token.
   EXPECT_EQ(good_request().drop("Upgrade").parse(), HandshakeError::kNoUpgradeWebSocket);
   EXPECT_EQ(good_request().set("Upgrade", "h2c").parse(), HandshakeError::kNoUpgradeWebSocket);
-  EXPECT_EQ(good_request().set("Upgrade", "websocket2").parse(), HandshakeError::kNoUpgradeWebSocket);
+  EXPECT_EQ(good_request().set("Upgrade", "websocket2").parse(),
+            HandshakeError::kNoUpgradeWebSocket);
   EXPECT_EQ(good_request().drop("Connection").parse(), HandshakeError::kNoConnectionUpgrade);
-  EXPECT_EQ(good_request().set("Connection", "keep-alive").parse(), HandshakeError::kNoConnectionUpgrade);
-  EXPECT_EQ(good_request().set("Connection", "upgrades").parse(), HandshakeError::kNoConnectionUpgrade);
+  EXPECT_EQ(good_request().set("Connection", "keep-alive").parse(),
+            HandshakeError::kNoConnectionUpgrade);
+  EXPECT_EQ(good_request().set("Connection", "upgrades").parse(),
+            HandshakeError::kNoConnectionUpgrade);
   EXPECT_EQ(error_status(HandshakeError::kNoUpgradeWebSocket), 400);
   EXPECT_EQ(error_status(HandshakeError::kNoConnectionUpgrade), 400);
 }
@@ -993,7 +1062,8 @@ TEST(WsHandshake, UpgradeAndConnectionTokens) {
 TEST(WsHandshake, VersionMustBe13) {
   EXPECT_EQ(good_request().drop("Sec-WebSocket-Version").parse(), HandshakeError::kBadVersion);
   for (const char* v : {"8", "12", "14", "013", "13, 8", ""}) {
-    EXPECT_EQ(good_request().set("Sec-WebSocket-Version", v).parse(), HandshakeError::kBadVersion) << v;
+    EXPECT_EQ(good_request().set("Sec-WebSocket-Version", v).parse(), HandshakeError::kBadVersion)
+        << v;
   }
   EXPECT_EQ(good_request().add("Sec-WebSocket-Version", "8").parse(), HandshakeError::kBadVersion);
   EXPECT_EQ(error_status(HandshakeError::kBadVersion), 426);
@@ -1001,22 +1071,28 @@ TEST(WsHandshake, VersionMustBe13) {
 }
 
 TEST(WsHandshake, KeyMustBeBase64Of16Bytes) {
-  auto with_key = [](const std::string& k) { return good_request().set("Sec-WebSocket-Key", k).parse(); };
+  auto with_key = [](const std::string& k) {
+    return good_request().set("Sec-WebSocket-Key", k).parse();
+  };
   EXPECT_EQ(good_request().drop("Sec-WebSocket-Key").parse(), HandshakeError::kMissingKey);
   EXPECT_EQ(with_key(b64(std::string(16, '\x01'))), HandshakeError::kNone);
   EXPECT_EQ(with_key(b64(std::string(16, '\xff'))), HandshakeError::kNone);
-  EXPECT_EQ(with_key(b64(std::string(15, 'a'))), HandshakeError::kBadKey);  // 20 characters, no padding
-  EXPECT_EQ(with_key(b64(std::string(17, 'a'))), HandshakeError::kBadKey);  // 24 characters, one '='
+  EXPECT_EQ(with_key(b64(std::string(15, 'a'))),
+            HandshakeError::kBadKey);  // 20 characters, no padding
+  EXPECT_EQ(with_key(b64(std::string(17, 'a'))),
+            HandshakeError::kBadKey);  // 24 characters, one '='
   EXPECT_EQ(with_key(b64(std::string(18, 'a'))), HandshakeError::kBadKey);
   EXPECT_EQ(with_key(b64(std::string(32, 'a'))), HandshakeError::kBadKey);
   EXPECT_EQ(with_key(""), HandshakeError::kBadKey);
-  EXPECT_EQ(with_key("dGhlIHNhbXBsZSBub25jZR=="), HandshakeError::kBadKey);  // leftover bits not zero
+  EXPECT_EQ(with_key("dGhlIHNhbXBsZSBub25jZR=="),
+            HandshakeError::kBadKey);  // leftover bits not zero
   EXPECT_EQ(with_key("dGhlIHNhbXBsZSBub25jZQ="), HandshakeError::kBadKey);
   EXPECT_EQ(with_key("dGhlIHNhbXBsZSBub25jZQ"), HandshakeError::kBadKey);
   EXPECT_EQ(with_key("dGhlIHNhbXBsZSBub25j*Q=="), HandshakeError::kBadKey);
   EXPECT_EQ(with_key("the sample nonce"), HandshakeError::kBadKey);  // 16 bytes, not encoded
   // Sent twice, even with the same value: which one would the accept answer?
-  EXPECT_EQ(good_request().add("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==").parse(), HandshakeError::kBadKey);
+  EXPECT_EQ(good_request().add("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==").parse(),
+            HandshakeError::kBadKey);
   EXPECT_EQ(error_status(HandshakeError::kMissingKey), 400);
   EXPECT_EQ(error_status(HandshakeError::kBadKey), 400);
 }
@@ -1028,16 +1104,19 @@ TEST(WsHandshake, ChecksRunInAFixedOrder) {
   std::reverse(r.fields.begin(), r.fields.end());
   EXPECT_EQ(r.parse(), HandshakeError::kBadVersion);
   // No Upgrade token beats everything else.
-  EXPECT_EQ(good_request().drop("Upgrade").set("Sec-WebSocket-Version", "8").parse(), HandshakeError::kNoUpgradeWebSocket);
+  EXPECT_EQ(good_request().drop("Upgrade").set("Sec-WebSocket-Version", "8").parse(),
+            HandshakeError::kNoUpgradeWebSocket);
   // A bad key beats a bad extension header.
-  EXPECT_EQ(good_request().set("Sec-WebSocket-Key", "x").add("Sec-WebSocket-Extensions", ";;").parse(),
-            HandshakeError::kBadKey);
+  EXPECT_EQ(
+      good_request().set("Sec-WebSocket-Key", "x").add("Sec-WebSocket-Extensions", ";;").parse(),
+      HandshakeError::kBadKey);
 }
 
 TEST(WsHandshake, Subprotocols) {
   Handshake h;
-  const Req two_fields =
-      good_request().add("Sec-WebSocket-Protocol", "chat, superchat").add("sec-websocket-protocol", " v2.chat ");
+  const Req two_fields = good_request()
+                             .add("Sec-WebSocket-Protocol", "chat, superchat")
+                             .add("sec-websocket-protocol", " v2.chat ");
   ASSERT_EQ(two_fields.parse(h), HandshakeError::kNone);
   ASSERT_EQ(h.num_protocols, 3u);
   EXPECT_EQ(h.protocols[0], "chat");
@@ -1050,7 +1129,9 @@ TEST(WsHandshake, Subprotocols) {
   EXPECT_EQ(h.protocols[0], "a");
   EXPECT_EQ(h.protocols[1], "b");
   for (const char* bad : {"chat;v=1", "ch at", "chat/1", "\"chat\"", "a,b c"}) {
-    EXPECT_EQ(good_request().add("Sec-WebSocket-Protocol", bad).parse(), HandshakeError::kBadProtocols) << bad;
+    EXPECT_EQ(good_request().add("Sec-WebSocket-Protocol", bad).parse(),
+              HandshakeError::kBadProtocols)
+        << bad;
   }
   // kMaxSubprotocols and one more.
   std::string list;
@@ -1059,7 +1140,8 @@ TEST(WsHandshake, Subprotocols) {
   ASSERT_EQ(at_limit.parse(h), HandshakeError::kNone);
   EXPECT_EQ(h.num_protocols, kMaxSubprotocols);
   EXPECT_EQ(h.protocols[kMaxSubprotocols - 1], "p" + std::to_string(kMaxSubprotocols - 1));
-  EXPECT_EQ(good_request().add("Sec-WebSocket-Protocol", list + ",one-more").parse(), HandshakeError::kTooManyProtocols);
+  EXPECT_EQ(good_request().add("Sec-WebSocket-Protocol", list + ",one-more").parse(),
+            HandshakeError::kTooManyProtocols);
   EXPECT_EQ(error_status(HandshakeError::kTooManyProtocols), 400);
 }
 
@@ -1079,7 +1161,8 @@ TEST(WsHandshake, ExtensionOffers) {
   const Req offers3 =
       good_request()
           .add("Sec-WebSocket-Extensions",
-               "permessage-deflate; client_no_context_takeover; server_max_window_bits=10 , permessage-deflate")
+               "permessage-deflate; client_no_context_takeover; server_max_window_bits=10 , "
+               "permessage-deflate")
           .add("Sec-WebSocket-Extensions", "permessage-deflate;client_max_window_bits");
   ASSERT_EQ(offers3.parse(h), HandshakeError::kNone);
   ASSERT_EQ(h.num_extensions, 3u);
@@ -1089,7 +1172,8 @@ TEST(WsHandshake, ExtensionOffers) {
   EXPECT_EQ(param_str(h, h.extensions[2]), "permessage-deflate;client_max_window_bits");
   EXPECT_EQ(h.num_params, 3u);
   // Quoted values (the content must be a token once unescaped), OWS around '=' and ';'.
-  const Req quoted = good_request().add("Sec-WebSocket-Extensions", "x-ext ; a = \"10\" ; b=\"1\\0\"");
+  const Req quoted =
+      good_request().add("Sec-WebSocket-Extensions", "x-ext ; a = \"10\" ; b=\"1\\0\"");
   ASSERT_EQ(quoted.parse(h), HandshakeError::kNone);
   ASSERT_EQ(h.num_extensions, 1u);
   EXPECT_EQ(param_str(h, h.extensions[0]), "x-ext;a=10;b=1\\0(escaped)");
@@ -1097,9 +1181,12 @@ TEST(WsHandshake, ExtensionOffers) {
   const Req empty = good_request().add("Sec-WebSocket-Extensions", "");
   ASSERT_EQ(empty.parse(h), HandshakeError::kNone);
   EXPECT_EQ(h.num_extensions, 0u);
-  for (const char* bad : {"permessage-deflate;", "; a", "a;;b", "a b", "a; b=", "a; b=\"\"", "a; b=\"1 0\"",
-                          "a; b=\"10", "a; b=\"1\\", "a; =1", "a; b=1 2", "a; b=\"1\"x", "\"a\""}) {
-    EXPECT_EQ(good_request().add("Sec-WebSocket-Extensions", bad).parse(), HandshakeError::kBadExtensions) << bad;
+  for (const char* bad :
+       {"permessage-deflate;", "; a", "a;;b", "a b", "a; b=", "a; b=\"\"", "a; b=\"1 0\"",
+        "a; b=\"10", "a; b=\"1\\", "a; =1", "a; b=1 2", "a; b=\"1\"x", "\"a\""}) {
+    EXPECT_EQ(good_request().add("Sec-WebSocket-Extensions", bad).parse(),
+              HandshakeError::kBadExtensions)
+        << bad;
   }
   // kMaxExtensionOffers offers and one more; kMaxExtensionParams params and one more.
   std::string offers, params = "p";
@@ -1108,11 +1195,13 @@ TEST(WsHandshake, ExtensionOffers) {
   const Req max_offers = good_request().add("Sec-WebSocket-Extensions", offers);
   ASSERT_EQ(max_offers.parse(h), HandshakeError::kNone);
   EXPECT_EQ(h.num_extensions, kMaxExtensionOffers);
-  EXPECT_EQ(good_request().add("Sec-WebSocket-Extensions", offers + ", e").parse(), HandshakeError::kTooManyExtensions);
+  EXPECT_EQ(good_request().add("Sec-WebSocket-Extensions", offers + ", e").parse(),
+            HandshakeError::kTooManyExtensions);
   const Req max_params = good_request().add("Sec-WebSocket-Extensions", params);
   ASSERT_EQ(max_params.parse(h), HandshakeError::kNone);
   EXPECT_EQ(h.num_params, kMaxExtensionParams);
-  EXPECT_EQ(good_request().add("Sec-WebSocket-Extensions", params + "; y").parse(), HandshakeError::kTooManyExtensions);
+  EXPECT_EQ(good_request().add("Sec-WebSocket-Extensions", params + "; y").parse(),
+            HandshakeError::kTooManyExtensions);
 }
 
 TEST(WsHandshake, ErrorTables) {

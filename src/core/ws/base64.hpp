@@ -8,7 +8,9 @@
 
 namespace fulmen::ws {
 
-constexpr size_t base64_encoded_size(size_t n) noexcept { return (n + 2) / 3 * 4; }
+constexpr size_t base64_encoded_size(size_t n) noexcept {
+  return (n + 2) / 3 * 4;
+}
 
 // Writes base64_encoded_size(n) characters to out; returns that count.
 size_t base64_encode(const uint8_t* in, size_t n, char* out) noexcept;

@@ -26,34 +26,53 @@ constexpr uint8_t kMaskBit = 0x80;
 constexpr uint8_t kLength16 = 126;  // 7-bit length values that announce an extended length
 constexpr uint8_t kLength64 = 127;
 
-constexpr bool known_opcode(uint8_t op) noexcept { return op <= 0x2 || (op >= 0x8 && op <= 0xA); }
+constexpr bool known_opcode(uint8_t op) noexcept {
+  return op <= 0x2 || (op >= 0x8 && op <= 0xA);
+}
 
 }  // namespace
 
 uint16_t close_code_for(FrameError e) noexcept {
   switch (e) {
-    case FrameError::kNone: return close_code::kNormal;
-    case FrameError::kMessageTooBig: return close_code::kMessageTooBig;
-    case FrameError::kInvalidUtf8: return close_code::kInvalidPayload;
-    default: return close_code::kProtocolError;
+    case FrameError::kNone:
+      return close_code::kNormal;
+    case FrameError::kMessageTooBig:
+      return close_code::kMessageTooBig;
+    case FrameError::kInvalidUtf8:
+      return close_code::kInvalidPayload;
+    default:
+      return close_code::kProtocolError;
   }
 }
 
 const char* error_reason(FrameError e) noexcept {
   switch (e) {
-    case FrameError::kNone: return "no error";
-    case FrameError::kReservedBits: return "reserved bits set";
-    case FrameError::kUnknownOpcode: return "unknown opcode";
-    case FrameError::kFragmentedControl: return "fragmented control frame";
-    case FrameError::kUnexpectedContinuation: return "continuation frame without a message";
-    case FrameError::kExpectedContinuation: return "new message inside a fragmented message";
-    case FrameError::kUnmasked: return "client frame not masked";
-    case FrameError::kControlTooLong: return "control frame payload too long";
-    case FrameError::kLengthTopBit: return "payload length has the top bit set";
-    case FrameError::kMessageTooBig: return "message too big";
-    case FrameError::kCloseTooShort: return "close frame with a 1-byte payload";
-    case FrameError::kBadCloseCode: return "invalid close code";
-    case FrameError::kInvalidUtf8: return "invalid UTF-8";
+    case FrameError::kNone:
+      return "no error";
+    case FrameError::kReservedBits:
+      return "reserved bits set";
+    case FrameError::kUnknownOpcode:
+      return "unknown opcode";
+    case FrameError::kFragmentedControl:
+      return "fragmented control frame";
+    case FrameError::kUnexpectedContinuation:
+      return "continuation frame without a message";
+    case FrameError::kExpectedContinuation:
+      return "new message inside a fragmented message";
+    case FrameError::kUnmasked:
+      return "client frame not masked";
+    case FrameError::kControlTooLong:
+      return "control frame payload too long";
+    case FrameError::kLengthTopBit:
+      return "payload length has the top bit set";
+    case FrameError::kMessageTooBig:
+      return "message too big";
+    case FrameError::kCloseTooShort:
+      return "close frame with a 1-byte payload";
+    case FrameError::kBadCloseCode:
+      return "invalid close code";
+    case FrameError::kInvalidUtf8:
+      return "invalid UTF-8";
   }
   return "unknown error";
 }
@@ -111,7 +130,8 @@ FrameError FrameParser::check_first_byte(uint8_t b) noexcept {
 
 FrameError FrameParser::check_second_byte(uint8_t b) noexcept {
   if (!(b & kMaskBit)) return FrameError::kUnmasked;
-  if (is_control(header_.opcode) && (b & 0x7F) > kMaxControlPayload) return FrameError::kControlTooLong;
+  if (is_control(header_.opcode) && (b & 0x7F) > kMaxControlPayload)
+    return FrameError::kControlTooLong;
   return FrameError::kNone;
 }
 
@@ -119,7 +139,8 @@ FrameError FrameParser::check_length(uint64_t length) noexcept {
   header_.length = length;
   if (is_control(header_.opcode)) return FrameError::kNone;
   // message_size_ never exceeds the limit, so the subtraction cannot wrap.
-  const uint64_t room = options_.max_message ? options_.max_message - message_size_ : UINT64_MAX - message_size_;
+  const uint64_t room =
+      options_.max_message ? options_.max_message - message_size_ : UINT64_MAX - message_size_;
   if (length > room) return FrameError::kMessageTooBig;
   message_size_ += length;
   return FrameError::kNone;
@@ -185,8 +206,10 @@ FrameParser::Result FrameParser::feed(char* p, size_t n) noexcept {
           // it protects nothing, so it is accepted.
           uint64_t len = 0;
           for (uint8_t k = 2; k < head_len_; ++k) len = (len << 8) | head_[k];
-          if (head_len_ == 10 && (len >> 63)) e = FrameError::kLengthTopBit;
-          else e = check_length(len);
+          if (head_len_ == 10 && (len >> 63))
+            e = FrameError::kLengthTopBit;
+          else
+            e = check_length(len);
           stage_ = HeadStage::kMaskKey;
           head_need_ = static_cast<uint8_t>(head_len_ + 4);
           break;
@@ -268,10 +291,13 @@ CloseInfo parse_close_payload(std::string_view payload) noexcept {
     c.error = FrameError::kCloseTooShort;
     return c;
   }
-  c.code = static_cast<uint16_t>((static_cast<uint8_t>(payload[0]) << 8) | static_cast<uint8_t>(payload[1]));
+  c.code = static_cast<uint16_t>((static_cast<uint8_t>(payload[0]) << 8) |
+                                 static_cast<uint8_t>(payload[1]));
   c.reason = payload.substr(2);
-  if (!close_code_valid(c.code)) c.error = FrameError::kBadCloseCode;
-  else if (!utf8_valid(c.reason)) c.error = FrameError::kInvalidUtf8;
+  if (!close_code_valid(c.code))
+    c.error = FrameError::kBadCloseCode;
+  else if (!utf8_valid(c.reason))
+    c.error = FrameError::kInvalidUtf8;
   return c;
 }
 
@@ -279,7 +305,8 @@ CloseInfo parse_close_payload(std::string_view payload) noexcept {
 
 FrameHead make_frame_header(Opcode opcode, uint64_t length, bool fin, bool rsv1) noexcept {
   FrameHead h;
-  h.bytes[0] = static_cast<char>((fin ? kFin : 0) | (rsv1 ? kRsv1 : 0) | static_cast<uint8_t>(opcode));
+  h.bytes[0] =
+      static_cast<char>((fin ? kFin : 0) | (rsv1 ? kRsv1 : 0) | static_cast<uint8_t>(opcode));
   if (length < kLength16) {
     h.bytes[1] = static_cast<char>(length);
     h.size = 2;

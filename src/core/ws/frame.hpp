@@ -29,7 +29,9 @@ enum class Opcode : uint8_t {
   kPong = 0xA,
 };
 
-constexpr bool is_control(Opcode op) noexcept { return (static_cast<uint8_t>(op) & 0x8) != 0; }
+constexpr bool is_control(Opcode op) noexcept {
+  return (static_cast<uint8_t>(op) & 0x8) != 0;
+}
 
 // Close codes the server uses or checks (RFC 6455 7.4.1, IANA registry).
 namespace close_code {
@@ -37,8 +39,8 @@ inline constexpr uint16_t kNormal = 1000;
 inline constexpr uint16_t kGoingAway = 1001;
 inline constexpr uint16_t kProtocolError = 1002;
 inline constexpr uint16_t kUnsupportedData = 1003;
-inline constexpr uint16_t kNoStatus = 1005;        // never on the wire: "the close frame had no code"
-inline constexpr uint16_t kAbnormal = 1006;        // never on the wire: "no close frame at all"
+inline constexpr uint16_t kNoStatus = 1005;  // never on the wire: "the close frame had no code"
+inline constexpr uint16_t kAbnormal = 1006;  // never on the wire: "no close frame at all"
 inline constexpr uint16_t kInvalidPayload = 1007;  // e.g. a text message that is not UTF-8
 inline constexpr uint16_t kPolicyViolation = 1008;
 inline constexpr uint16_t kMessageTooBig = 1009;
@@ -59,18 +61,18 @@ constexpr bool close_code_valid(uint16_t code) noexcept {
 // Stable numbers: never renumber, only append. Tests and fuzz regressions refer to them by name.
 enum class FrameError : uint8_t {
   kNone = 0,
-  kReservedBits = 1,             // RSV2/RSV3 set, or RSV1 without an extension that defines it
-  kUnknownOpcode = 2,            // 0x3-0x7 or 0xB-0xF
-  kFragmentedControl = 3,        // control frame without FIN
-  kUnexpectedContinuation = 4,   // continuation frame with no fragmented message open
-  kExpectedContinuation = 5,     // text/binary frame while a fragmented message is open
-  kUnmasked = 6,                 // client frame without the MASK bit
-  kControlTooLong = 7,           // control frame payload over 125 bytes
-  kLengthTopBit = 8,             // 64-bit length with the most significant bit set
-  kMessageTooBig = 9,            // message (all fragments) over FrameOptions::max_message -> 1009
-  kCloseTooShort = 10,           // close payload of exactly 1 byte
-  kBadCloseCode = 11,            // close code not allowed on the wire (close_code_valid)
-  kInvalidUtf8 = 12,             // text message or close reason not UTF-8 -> 1007
+  kReservedBits = 1,            // RSV2/RSV3 set, or RSV1 without an extension that defines it
+  kUnknownOpcode = 2,           // 0x3-0x7 or 0xB-0xF
+  kFragmentedControl = 3,       // control frame without FIN
+  kUnexpectedContinuation = 4,  // continuation frame with no fragmented message open
+  kExpectedContinuation = 5,    // text/binary frame while a fragmented message is open
+  kUnmasked = 6,                // client frame without the MASK bit
+  kControlTooLong = 7,          // control frame payload over 125 bytes
+  kLengthTopBit = 8,            // 64-bit length with the most significant bit set
+  kMessageTooBig = 9,           // message (all fragments) over FrameOptions::max_message -> 1009
+  kCloseTooShort = 10,          // close payload of exactly 1 byte
+  kBadCloseCode = 11,           // close code not allowed on the wire (close_code_valid)
+  kInvalidUtf8 = 12,            // text message or close reason not UTF-8 -> 1007
 };
 
 // The close code to fail the connection with (RFC 6455 7.4.1): 1002 unless noted above.
@@ -99,9 +101,9 @@ struct FrameOptions {
 struct FrameHeader {
   Opcode opcode = Opcode::kContinuation;
   bool fin = false;
-  bool rsv1 = false;        // per-message compressed, when permessage-deflate is on
-  uint64_t length = 0;      // payload bytes
-  uint8_t mask[4] = {};     // client frames are always masked (unmasked ones are an error)
+  bool rsv1 = false;     // per-message compressed, when permessage-deflate is on
+  uint64_t length = 0;   // payload bytes
+  uint8_t mask[4] = {};  // client frames are always masked (unmasked ones are an error)
 };
 
 // Parses client frames. feed() consumes bytes and returns at most one event per call; call it
@@ -123,14 +125,14 @@ class FrameParser {
   };
 
   struct Result {
-    size_t consumed = 0;         // bytes of the input used; on kError, up to the offending byte
+    size_t consumed = 0;  // bytes of the input used; on kError, up to the offending byte
     Event event = Event::kNone;
     // kData: the piece, pointing into the input; kControl: the payload, pointing into the
     // parser (valid until the next feed() or reset()).
     std::string_view payload;
-    bool frame_end = false;      // kData: the piece ends the frame
-    bool message_end = false;    // kData: ... and the frame had FIN: the message is complete
-    uint16_t close_code = 0;     // kControl close: the code, or kNoStatus for an empty payload
+    bool frame_end = false;         // kData: the piece ends the frame
+    bool message_end = false;       // kData: ... and the frame had FIN: the message is complete
+    uint16_t close_code = 0;        // kControl close: the code, or kNoStatus for an empty payload
     std::string_view close_reason;  // kControl close: the reason, valid UTF-8
     FrameError error = FrameError::kNone;  // kError: why
   };
@@ -170,21 +172,21 @@ class FrameParser {
   FrameHeader header_;
   State state_ = State::kHeader;
   HeadStage stage_ = HeadStage::kByte0;
-  uint8_t head_[14] = {};       // header bytes gathered so far: the header can span reads
+  uint8_t head_[14] = {};  // header bytes gathered so far: the header can span reads
   uint8_t head_len_ = 0;
-  uint8_t head_need_ = 1;       // header bytes needed to finish the current stage
-  uint8_t mask_phase_ = 0;      // payload bytes already unmasked, mod 4
-  uint8_t control_len_ = 0;     // control payload gathered so far
-  uint64_t remaining_ = 0;      // payload bytes of this frame not yet handed out
+  uint8_t head_need_ = 1;    // header bytes needed to finish the current stage
+  uint8_t mask_phase_ = 0;   // payload bytes already unmasked, mod 4
+  uint8_t control_len_ = 0;  // control payload gathered so far
+  uint64_t remaining_ = 0;   // payload bytes of this frame not yet handed out
   // Fragmentation state: a message is open from its first frame until its FIN frame's header.
   bool expect_continuation_ = false;
   Opcode message_opcode_ = Opcode::kText;
   bool message_compressed_ = false;
-  bool validating_ = false;     // this text message is checked here (see validate_utf8)
+  bool validating_ = false;  // this text message is checked here (see validate_utf8)
   uint64_t message_size_ = 0;
   FrameError error_ = FrameError::kNone;  // repeated by every feed() after a failure
   Utf8Validator utf8_;
-  char control_[kMaxControlPayload];     // a control frame's payload, unmasked
+  char control_[kMaxControlPayload];  // a control frame's payload, unmasked
 };
 
 // What a close frame's payload says. For an empty payload code is kNoStatus and error kNone.
@@ -210,7 +212,8 @@ struct FrameHead {
 
 // Encodes a header in the shortest of the three length forms (7-bit, 16-bit, 64-bit).
 // `length` must be below 2^63; control frames need fin and length <= 125.
-FrameHead make_frame_header(Opcode opcode, uint64_t length, bool fin = true, bool rsv1 = false) noexcept;
+FrameHead make_frame_header(Opcode opcode, uint64_t length, bool fin = true,
+                            bool rsv1 = false) noexcept;
 
 // A whole close frame: header, code, reason. The reason (UTF-8) is cut to the 123 bytes that
 // fit, at a character boundary. code kNoStatus gives an empty payload (the answer to a close

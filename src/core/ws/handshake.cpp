@@ -17,7 +17,9 @@ namespace {
 constexpr std::string_view kGuid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 constexpr size_t kKeyBytes = 16;  // the nonce a client base64-encodes into Sec-WebSocket-Key
 
-inline bool is_ows(char c) noexcept { return c == ' ' || c == '\t'; }
+inline bool is_ows(char c) noexcept {
+  return c == ' ' || c == '\t';
+}
 
 // A cursor over one field value, for the list grammars below.
 struct Cursor {
@@ -133,27 +135,42 @@ bool valid_key(std::string_view key) noexcept {
 
 }  // namespace
 
-int error_status(HandshakeError e) noexcept { return e == HandshakeError::kBadVersion ? 426 : 400; }
+int error_status(HandshakeError e) noexcept {
+  return e == HandshakeError::kBadVersion ? 426 : 400;
+}
 
 const char* error_reason(HandshakeError e) noexcept {
   switch (e) {
-    case HandshakeError::kNone: return "no error";
-    case HandshakeError::kNotGet: return "WebSocket upgrade needs a GET request";
-    case HandshakeError::kBadHttpVersion: return "WebSocket upgrade needs HTTP/1.1";
-    case HandshakeError::kNoUpgradeWebSocket: return "Upgrade header lacks \"websocket\"";
-    case HandshakeError::kNoConnectionUpgrade: return "Connection header lacks \"upgrade\"";
-    case HandshakeError::kBadVersion: return "unsupported Sec-WebSocket-Version";
-    case HandshakeError::kMissingKey: return "missing Sec-WebSocket-Key";
-    case HandshakeError::kBadKey: return "invalid Sec-WebSocket-Key";
-    case HandshakeError::kBadProtocols: return "invalid Sec-WebSocket-Protocol";
-    case HandshakeError::kTooManyProtocols: return "too many subprotocols offered";
-    case HandshakeError::kBadExtensions: return "invalid Sec-WebSocket-Extensions";
-    case HandshakeError::kTooManyExtensions: return "too many extensions offered";
+    case HandshakeError::kNone:
+      return "no error";
+    case HandshakeError::kNotGet:
+      return "WebSocket upgrade needs a GET request";
+    case HandshakeError::kBadHttpVersion:
+      return "WebSocket upgrade needs HTTP/1.1";
+    case HandshakeError::kNoUpgradeWebSocket:
+      return "Upgrade header lacks \"websocket\"";
+    case HandshakeError::kNoConnectionUpgrade:
+      return "Connection header lacks \"upgrade\"";
+    case HandshakeError::kBadVersion:
+      return "unsupported Sec-WebSocket-Version";
+    case HandshakeError::kMissingKey:
+      return "missing Sec-WebSocket-Key";
+    case HandshakeError::kBadKey:
+      return "invalid Sec-WebSocket-Key";
+    case HandshakeError::kBadProtocols:
+      return "invalid Sec-WebSocket-Protocol";
+    case HandshakeError::kTooManyProtocols:
+      return "too many subprotocols offered";
+    case HandshakeError::kBadExtensions:
+      return "invalid Sec-WebSocket-Extensions";
+    case HandshakeError::kTooManyExtensions:
+      return "too many extensions offered";
   }
   return "unknown error";
 }
 
-HandshakeError parse_upgrade(const http1::Header* headers, size_t num_headers, Handshake& out) noexcept {
+HandshakeError parse_upgrade(const http1::Header* headers, size_t num_headers,
+                             Handshake& out) noexcept {
   out.key = {};
   out.num_protocols = 0;
   out.num_extensions = 0;
@@ -185,7 +202,8 @@ HandshakeError parse_upgrade(const http1::Header* headers, size_t num_headers, H
     } else if (base::iequals(name, "sec-websocket-protocol")) {
       if (protocols_error == HandshakeError::kNone) protocols_error = parse_protocols(value, out);
     } else if (base::iequals(name, "sec-websocket-extensions")) {
-      if (extensions_error == HandshakeError::kNone) extensions_error = parse_extensions(value, out);
+      if (extensions_error == HandshakeError::kNone)
+        extensions_error = parse_extensions(value, out);
     }
   }
 

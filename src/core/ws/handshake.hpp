@@ -45,10 +45,10 @@ inline constexpr size_t kMaxExtensionOffers = 16;
 inline constexpr size_t kMaxExtensionParams = 32;  // all offers together
 
 struct ExtensionParam {
-  std::string_view name;     // e.g. "client_max_window_bits"; a token
-  std::string_view value;    // empty when there is no "=value"; without the quotes if quoted
+  std::string_view name;   // e.g. "client_max_window_bits"; a token
+  std::string_view value;  // empty when there is no "=value"; without the quotes if quoted
   bool has_value = false;
-  bool escaped = false;      // value was a quoted-string with a quoted-pair: unescape before use
+  bool escaped = false;  // value was a quoted-string with a quoted-pair: unescape before use
 };
 
 // One offer: "permessage-deflate; client_max_window_bits" is name "permessage-deflate" and
@@ -75,7 +75,8 @@ struct Handshake {
 // order so the answer does not depend on header order: Upgrade, Connection, version, key,
 // subprotocols, extensions. Header names are matched case-insensitively; values are taken as the
 // HTTP/1 parser left them (OWS trimmed).
-HandshakeError parse_upgrade(const http1::Header* headers, size_t num_headers, Handshake& out) noexcept;
+HandshakeError parse_upgrade(const http1::Header* headers, size_t num_headers,
+                             Handshake& out) noexcept;
 
 // The same, first checking that the request is a GET in HTTP/1.1 (RFC 6455 4.2.1 item 1).
 HandshakeError parse_upgrade(const http1::Request& request, Handshake& out) noexcept;

@@ -35,10 +35,14 @@ struct LeadTable {
   constexpr LeadTable() : v() {
     for (unsigned c = 0; c < 256; ++c) {
       Lead l{kBadLead, 0x80, 0xBF};
-      if (c < 0x80) l.need = 0;
-      else if (c >= 0xC2 && c <= 0xDF) l.need = 1;
-      else if (c >= 0xE0 && c <= 0xEF) l.need = 2;
-      else if (c >= 0xF0 && c <= 0xF4) l.need = 3;
+      if (c < 0x80)
+        l.need = 0;
+      else if (c >= 0xC2 && c <= 0xDF)
+        l.need = 1;
+      else if (c >= 0xE0 && c <= 0xEF)
+        l.need = 2;
+      else if (c >= 0xF0 && c <= 0xF4)
+        l.need = 3;
       if (c == 0xE0) l.lo = 0xA0;
       if (c == 0xED) l.hi = 0x9F;
       if (c == 0xF0) l.lo = 0x90;

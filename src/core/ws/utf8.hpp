@@ -25,7 +25,9 @@ class Utf8Validator {
   // Validates the next piece. On kInvalid, *bad (if given) is the offset in this piece of the
   // first impossible byte; once invalid, every later call returns kInvalid with *bad = 0.
   Status feed(const char* p, size_t n, size_t* bad = nullptr) noexcept;
-  Status feed(std::string_view s, size_t* bad = nullptr) noexcept { return feed(s.data(), s.size(), bad); }
+  Status feed(std::string_view s, size_t* bad = nullptr) noexcept {
+    return feed(s.data(), s.size(), bad);
+  }
 
   // The verdict for the bytes fed so far (kValid means a message may end here).
   Status status() const noexcept {
@@ -34,9 +36,9 @@ class Utf8Validator {
   void reset() noexcept { *this = Utf8Validator(); }
 
  private:
-  uint8_t need_ = 0;    // continuation bytes still expected in the current sequence (0..3)
-  uint8_t lo_ = 0x80;   // range the next continuation byte must fall in: narrower than 80..BF
-  uint8_t hi_ = 0xBF;   // only right after E0/ED/F0/F4, which is how overlongs etc. fail fast
+  uint8_t need_ = 0;   // continuation bytes still expected in the current sequence (0..3)
+  uint8_t lo_ = 0x80;  // range the next continuation byte must fall in: narrower than 80..BF
+  uint8_t hi_ = 0xBF;  // only right after E0/ED/F0/F4, which is how overlongs etc. fail fast
   bool invalid_ = false;
 };
 
