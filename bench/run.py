@@ -946,14 +946,27 @@ def summarize(runs: list[dict], servers: list[str], scenarios: list[str]) -> lis
     return rows
 
 
-def add_ratios(rows: list[dict], baselines: dict[str, str]) -> None:
-    """Ratios against the baseline server's row of the same scenario (baselines: suite -> server)."""
+def add_ratios(rows: list[dict], baselines: dict[str, str], runs: list[dict] | None = None) -> None:
+    """Ratios against the baseline server's row of the same scenario (baselines: suite -> server).
+
+    cpu_ratio is the ratio of the medians. cpu_ratio_paired is the median, over rounds, of the
+    ratio within each round (the two servers ran seconds apart), which the machine's drift between
+    rounds moves far less: on the shared 2-core machine a server's CPU per request can move by
+    1.5x within a minute, and not for every server at once."""
     base = {r["scenario"]: r for r in rows if r["server"] == baselines.get(SCENARIOS[r["scenario"]].suite)}
     for r in rows:
         b = base.get(r["scenario"])
         r["rps_ratio"] = (r["rps"] / b["rps"]) if b and b["rps"] and r["rps"] else None
         r["cpu_ratio"] = (r["cpu_us_per_req"] / b["cpu_us_per_req"]) \
             if b and b["cpu_us_per_req"] and r["cpu_us_per_req"] else None
+        r["cpu_ratio_paired"] = None
+        if runs and b:
+            mine = {x["round"]: x.get("cpu_us_per_req") for x in runs
+                    if x["server"] == r["server"] and x["scenario"] == r["scenario"] and x.get("ok")}
+            theirs = {x["round"]: x.get("cpu_us_per_req") for x in runs
+                      if x["server"] == b["server"] and x["scenario"] == r["scenario"] and x.get("ok")}
+            pairs = [mine[k] / theirs[k] for k in mine if mine[k] and theirs.get(k)]
+            r["cpu_ratio_paired"] = statistics.median(pairs) if pairs else None
 
 
 def _f(v, fmt):
@@ -964,21 +977,22 @@ def format_table(rows: list[dict], baselines: dict[str, str], markdown: bool) ->
     names = set(baselines.values())
     baseline = next(iter(names)) if len(names) == 1 else "baseline"
     hdr = ["scenario", "server", "req/s", f"× {baseline}", "p50 ms", "p99 ms", "CPU µs/req",
-           f"CPU × {baseline}", "peak RSS MiB", "server/wrk/other CPU %", "runs", "flags"]
+           f"CPU × {baseline}", "paired", "peak RSS MiB", "server/wrk/other CPU %", "runs", "flags"]
     body = []
     for r in rows:
         flags = f"{r['flagged']}/{r['runs']} flagged" if r["flagged"] else ""
         body.append([r["scenario"], r["server"], _f(r["rps"], ",.0f"), _f(r["rps_ratio"], ".2f"),
                      _f(r["p50_ms"], ".2f"), _f(r["p99_ms"], ".2f"), _f(r["cpu_us_per_req"], ".1f"),
-                     _f(r["cpu_ratio"], ".2f"), _f(r["rss_kib"] and r["rss_kib"] / 1024, ".1f"),
+                     _f(r["cpu_ratio"], ".2f"), _f(r.get("cpu_ratio_paired"), ".2f"),
+                     _f(r["rss_kib"] and r["rss_kib"] / 1024, ".1f"),
                      "/".join(_f(r[k], ".0f") for k in ("server_cpu_pct", "wrk_cpu_pct", "background_cpu_pct")),
                      f"{r['measured']}/{r['runs']}", flags])
     if markdown:
-        lines = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 10) + "|"]
+        lines = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 11) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(lines)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(hdr)]
-    fmt_row = lambda row: "  ".join(c.ljust(w) if i < 2 or i == 11 else c.rjust(w)  # noqa: E731
+    fmt_row = lambda row: "  ".join(c.ljust(w) if i < 2 or i == 12 else c.rjust(w)  # noqa: E731
                                     for i, (c, w) in enumerate(zip(row, widths)))
     out, last = [fmt_row(hdr), fmt_row(["-" * w for w in widths])], None
     for b in body:
@@ -1021,7 +1035,8 @@ def write_docs(ctx: Context, result: dict, rows: list[dict], baselines: dict[str
                               if any(r["server"] == k for r in su_rows))
         parts.append(f"""#### {su.upper()}
 
-{d} s measured after {w} s warm-up per run. Ratios are relative to **{baselines[su]}**.
+{d} s measured after {w} s warm-up per run. Ratios are relative to **{baselines[su]}**; "paired" is the
+median over rounds of the CPU ratio within each round (steadier when the machine drifts).
 
 Scenarios:
 {sc_lines}
@@ -1166,7 +1181,7 @@ def bench(ctx: Context, servers: list[str], scenarios: list[str]) -> int:
                 log(f"note: no {su} results for baseline {args.baseline!r}; {su} ratios are relative to "
                     f"{fallback!r} instead")
                 baselines[su] = fallback
-    add_ratios(rows, baselines)
+    add_ratios(rows, baselines, runs)
     if "nginx" in active and any("echo" in s or "stream" in s or "fastapi" in s for s in scenarios):
         log("note: nginx is the ceiling for the hello scenarios only (it has no app to echo or stream with)")
     result = {
