@@ -96,9 +96,13 @@ void Server::ReturnHandler::on_io(uint32_t) noexcept {
 }
 
 ServerStats Server::stats() const noexcept {
-  ServerStats s = stats_;
+  constexpr auto r = std::memory_order_relaxed;
+  ServerStats s;
+  s.connections_total = counters_.connections_total.load(r);
+  s.connections_open = counters_.connections_open.load(r);
+  s.requests_total = counters_.requests_total.load(r);
+  s.connections_allocated = counters_.connections_allocated.load(r);
   s.buffers_allocated = in_pool_.allocated() + out_pool_.allocated();
-  s.connections_allocated = all_conns_.size();
   return s;
 }
 
@@ -185,7 +189,7 @@ bool Server::step(int timeout_ms) noexcept {
       }
       done = lent_ == 0 || now >= shutdown_deadline_ms_ + 200;  // a stuck app thread: give up
     } else {
-      done = stats_.connections_open == 0 && lent_ == 0;
+      done = counters_.connections_open.load(std::memory_order_relaxed) == 0 && lent_ == 0;
     }
   } else if (accept_paused_until_ms_ && loop_.clock().now_ms() >= accept_paused_until_ms_) {
     accept_paused_until_ms_ = 0;
@@ -314,9 +318,10 @@ void Server::accept_from(Listener& l, bool drain) noexcept {
     } else {
       all_conns_.push_back(std::make_unique<http1::Connection>(this));
       c = all_conns_.back().get();
+      add(counters_.connections_allocated, 1);
     }
-    ++stats_.connections_total;
-    ++stats_.connections_open;
+    add(counters_.connections_total, 1);
+    add(counters_.connections_open, 1);
     c->open(fd, reinterpret_cast<sockaddr*>(&addr), len, l.index_, l.cfg_.is_unix);
     if (loop_.add(fd, c, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != 0) c->close_now();
   }
@@ -331,7 +336,7 @@ void Server::pause_accepting(int64_t ms) noexcept {
 }
 
 void Server::release(http1::Connection* c) noexcept {
-  --stats_.connections_open;
+  add(counters_.connections_open, -1);
   free_conns_.push_back(c);
 }
 

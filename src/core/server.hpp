@@ -115,7 +115,11 @@ class Server {
   // -1 when no stop is requested.
   int64_t stop_wait_deadline_ms() const noexcept;
   static constexpr size_t kBodySlack = 4096;
-  void count_request() noexcept { ++stats_.requests_total; }
+  // By the thread running the exchange: the loop thread, or in pool mode any app thread.
+  void count_request() noexcept {
+    if (config_.threads > 1) counters_.requests_total.fetch_add(1, std::memory_order_relaxed);
+    else add(counters_.requests_total, 1);
+  }
   void access_log(std::string_view line) noexcept;
   void release(http1::Connection* c) noexcept;  // the connection closed: back to the free list
   // Pool mode: hand a connection with a parsed request to an app thread / take it back.
@@ -163,7 +167,19 @@ class Server {
   net::TimerList linger_timers_;
   std::vector<std::unique_ptr<http1::Connection>> all_conns_;  // owns every Connection object
   std::vector<http1::Connection*> free_conns_;                   // closed ones, ready for reuse
-  ServerStats stats_;
+  // What stats() reports, readable from any thread (the embedder calls stats() from Python
+  // threads while the loop runs). Relaxed atomics: counters, not synchronization. Only the loop
+  // thread writes the connection counts, so a plain load+store does (no locked instruction on the
+  // hot path); requests are counted by pool threads too in pool mode (count_request()).
+  struct Counters {
+    std::atomic<uint64_t> connections_total{0};
+    std::atomic<uint64_t> connections_open{0};
+    std::atomic<uint64_t> requests_total{0};
+    std::atomic<uint64_t> connections_allocated{0};
+  } counters_;
+  static void add(std::atomic<uint64_t>& c, int64_t d) noexcept {
+    c.store(c.load(std::memory_order_relaxed) + uint64_t(d), std::memory_order_relaxed);
+  }
   std::atomic<int> stop_request_{0};  // 0 none, 1 graceful, 2 immediate
   std::atomic<int64_t> stop_at_ms_{-1};  // CLOCK_MONOTONIC ms of the first stop request
   net::LoopHooks* loop_hooks_ = nullptr;  // during run()

@@ -1522,5 +1522,51 @@ TEST(Server, AccessLogLine) {
       << log;
 }
 
+// stats() is called from other threads while the server runs (the Python bridge's Server.stats()
+// from any Python thread), and in pool mode the app threads count requests concurrently. No
+// request may be lost from the count, and a reader sees counts that only grow.
+TEST(ServerPool, StatsAreExactUnderConcurrentRequestsAndReaders) {
+  ServerConfig cfg = test_config();
+  cfg.threads = 4;
+  TestApp app;
+  Running srv(cfg, app);
+  constexpr int kClients = 4, kRequests = 300;
+  std::atomic<bool> done{false};
+  std::atomic<int> regressions{0};
+  std::thread reader([&] {
+    uint64_t last_requests = 0, last_total = 0;
+    while (!done.load()) {
+      ServerStats s = srv.stats();
+      if (s.requests_total < last_requests || s.connections_total < last_total) regressions.fetch_add(1);
+      last_requests = s.requests_total;
+      last_total = s.connections_total;
+    }
+  });
+  std::vector<std::thread> clients;
+  std::atomic<int> ok{0};
+  for (int k = 0; k < kClients; ++k) {
+    clients.emplace_back([&, k] {
+      Client c(srv.port());
+      for (int i = 0; i < kRequests; ++i) {
+        if (!c.send(get("/echo?c=" + std::to_string(k) + "&i=" + std::to_string(i)))) return;
+        Response r = c.read_response();
+        if (r.ok && r.status == 200) ok.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  done.store(true);
+  reader.join();
+  EXPECT_EQ(ok.load(), kClients * kRequests);
+  EXPECT_EQ(regressions.load(), 0);
+  ServerStats live = srv.stats();
+  EXPECT_EQ(live.requests_total, uint64_t(kClients * kRequests));
+  EXPECT_EQ(live.connections_total, uint64_t(kClients));
+  ASSERT_TRUE(srv.stop(true));
+  ServerStats st = srv.stats();
+  EXPECT_EQ(st.requests_total, uint64_t(kClients * kRequests));
+  EXPECT_EQ(st.connections_open, 0u);
+}
+
 }  // namespace
 }  // namespace fulmen

@@ -2,6 +2,7 @@
 // serving allocates nothing. One owner per buffer; everyone else borrows views into it.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -124,7 +125,9 @@ class BufferPool {
     put_unlocked(std::move(b));
   }
   size_t buffer_size() const noexcept { return size_; }
-  size_t allocated() const noexcept { return allocated_; }  // for debug counters and tests
+  // For stats() and tests; readable from any thread (writers are serialized by the pool's lock
+  // in pool mode, or are the loop thread alone).
+  size_t allocated() const noexcept { return allocated_.load(std::memory_order_relaxed); }
   size_t free_count() const noexcept { return free_.size(); }
 
  private:
@@ -134,7 +137,7 @@ class BufferPool {
       free_.pop_back();
       return b;
     }
-    ++allocated_;
+    allocated_.store(allocated_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     return std::make_unique<Buffer>(size_);
   }
   void put_unlocked(std::unique_ptr<Buffer> b) {
@@ -146,7 +149,7 @@ class BufferPool {
 
   static constexpr size_t kMaxFree = 1024;  // bounds memory kept after a burst of connections
   size_t size_;
-  size_t allocated_ = 0;
+  std::atomic<size_t> allocated_{0};
   std::vector<std::unique_ptr<Buffer>> free_;
   bool shared_ = false;
   std::mutex mu_;
