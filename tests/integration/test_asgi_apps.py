@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
-import time
 
 import httpx
 import pytest
 
 from conftest import start_asgi
-from rawhttp import MiB, rss_growth, wait_until
+from rawhttp import MiB, in_parallel, rss_growth, wait_until
 
 
 APPS = {
@@ -196,18 +194,12 @@ def test_redirect(micro):
 
 
 def test_concurrent_requests_keep_their_own_responses(micro):
-    results = {}
-
     def one(i):
         with httpx.Client(base_url=str(micro.base_url), timeout=30) as c:
-            results[i] = c.get(f"/items/{i}", params={"q": f"n{i}"}).json()
+            return c.get(f"/items/{i}", params={"q": f"n{i}"}).json()
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert {i: (r["id"], r["q"]) for i, r in results.items()} == {i: (i, f"n{i}") for i in range(8)}
+    results, _ = in_parallel(one, 8)
+    assert [(r["id"], r["q"]) for r in results] == [(i, f"n{i}") for i in range(8)]
 
 
 # ---- Starlette ------------------------------------------------------------------------------------
@@ -321,18 +313,10 @@ def test_django_async_json(django):
 
 def test_django_async_views_run_concurrently(django):
     django.get("/async")
-    results = []
-
-    def one():
+    def one(_):
         with httpx.Client(base_url=str(django.base_url), timeout=30) as c:
-            results.append(c.get("/async/sleep", params={"s": "0.5"}).json())
+            return c.get("/async/sleep", params={"s": "0.5"}).json()
 
-    threads = [threading.Thread(target=one) for _ in range(6)]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    elapsed = time.monotonic() - start
+    results, elapsed = in_parallel(one, 6)
     assert results == [{"slept": True}] * 6
     assert elapsed < 2.5, f"6 concurrent 0.5 s async Django views took {elapsed:.2f} s"

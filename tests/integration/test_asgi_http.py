@@ -25,8 +25,8 @@ import time
 import pytest
 
 from conftest import ASGI_SERVER, asgi_command, fulmen_env
-from rawhttp import (MiB, chunked, connect, exchange, get, Incomplete, post, Reader, request_bytes,
-                     rss_growth, rss_kib, upload, wait_until)
+from rawhttp import (MiB, chunked, connect, exchange, get, in_parallel, Incomplete, post, Reader,
+                     request_bytes, rss_growth, rss_kib, upload, wait_until)
 
 ON_UVICORN = ASGI_SERVER == "uvicorn"
 
@@ -653,18 +653,7 @@ def test_pipelined_requests_with_bodies_the_app_does_not_read(probe):
 
 def test_concurrent_slow_requests_run_concurrently(probe):
     exchange(probe.port, get("/hello"))
-    results = []
-
-    def one():
-        results.append(exchange(probe.port, get("/sleep?s=0.5"), timeout=20).body)
-
-    threads = [threading.Thread(target=one) for _ in range(8)]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    elapsed = time.monotonic() - start
+    results, elapsed = in_parallel(lambda _: exchange(probe.port, get("/sleep?s=0.5"), timeout=20).body, 8)
     assert results == [b"slept"] * 8
     assert elapsed < 2.0, f"8 concurrent 0.5 s async sleeps took {elapsed:.2f} s"
 
@@ -743,19 +732,8 @@ def test_contextvars_are_per_request(probe):
             sock.sendall(get(f"/ctx?id=conn{i}&s=0.01"))
             seen.append(json.loads(reader.read_response().body)["entry"])
         assert seen == [None] * 4
-    results = {}
-
-    def one(i):
-        r = exchange(probe.port, get(f"/ctx?id=r{i}&s=0.2"), timeout=20)
-        results[i] = json.loads(r.body)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert len(results) == 6
-    for i, got in results.items():
+    results, _ = in_parallel(lambda i: json.loads(exchange(probe.port, get(f"/ctx?id=r{i}&s=0.2"), timeout=20).body), 6)
+    for i, got in enumerate(results):
         # Within a request: kept across awaits, inherited by child tasks (which get a copy) and
         # by asyncio.to_thread.
         assert got == {"entry": None, "after_sleep": f"r{i}", "in_child": f"r{i}", "in_to_thread": f"r{i}",
@@ -828,18 +806,9 @@ def tcp_echo():
 
 
 def test_app_opens_its_own_connections(probe, tcp_echo):
-    results = []
-
-    def one(i):
-        r = exchange(probe.port, post(f"/tcp?port={tcp_echo}", b"hello %d" % i), timeout=20)
-        results.append(r.body)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert sorted(results) == [b"echoed:HELLO %d" % i for i in range(4)]
+    results, _ = in_parallel(
+        lambda i: exchange(probe.port, post(f"/tcp?port={tcp_echo}", b"hello %d" % i), timeout=20).body, 4)
+    assert results == [b"echoed:HELLO %d" % i for i in range(4)]
 
 
 # ---- the engine/loop designs the benchmark compares (FULMEN_BENCH_ASGI_BRIDGE) ---------------------
@@ -859,16 +828,7 @@ def test_benchmark_bridges_serve_correctly(asgi_server, bridge):
             assert reader.read_response().body == b"x" * (i * 1000)
         sock.sendall(get("/stream?n=4"))
         assert reader.read_response().chunks == [b"part%d;" % i for i in range(4)]
-    results = []
-
-    def one(i):
-        results.append(exchange(srv.port, get(f"/sleep?s=0.2&i={i}"), timeout=20).status)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results, _ = in_parallel(lambda i: exchange(srv.port, get(f"/sleep?s=0.2&i={i}"), timeout=20).status, 8)
     assert results == [200] * 8
     with connect(srv.port) as sock:  # the engine's timers still fire: idle keep-alive closes
         sock.sendall(get("/hello"))

@@ -12,14 +12,13 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
 
 import h11
 import pytest
 
-from rawhttp import (MiB, chunked, connect, exchange, get, Incomplete, Reader, request_bytes, rss_growth,
-                     rss_kib, upload, wait_until)
+from rawhttp import (MiB, chunked, connect, exchange, get, in_parallel, Incomplete, Reader, request_bytes,
+                     rss_growth, rss_kib, upload, wait_until)
 
 
 @pytest.fixture
@@ -648,18 +647,7 @@ def test_idle_keep_alive_connection_is_closed(server):
 def test_threads_run_slow_requests_concurrently(shared_server):
     srv = shared_server("probe:app", "--threads", "4")
     exchange(srv.port, get("/head"))  # warm up
-    results = []
-
-    def one():
-        results.append(exchange(srv.port, get("/sleep?s=0.5"), timeout=20).status)
-
-    threads = [threading.Thread(target=one) for _ in range(4)]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    elapsed = time.monotonic() - start
+    results, elapsed = in_parallel(lambda _: exchange(srv.port, get("/sleep?s=0.5"), timeout=20).status, 4)
     assert results == [200] * 4
     assert elapsed < 1.5, f"4 x 0.5 s requests took {elapsed:.2f} s with 4 threads"
 
