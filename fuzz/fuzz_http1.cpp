@@ -18,44 +18,13 @@
 #include <string>
 
 #include "core/http1/parser.hpp"
+#include "fuzz_support.hpp"
 
 using namespace fulmen::http1;
 
+using namespace fulmen::fuzz;
+
 namespace {
-
-#define FUZZ_CHECK(cond)  \
-  do {                    \
-    if (!(cond)) abort(); \
-  } while (0)
-
-volatile unsigned g_sink;  // reading every view into this keeps the reads from being optimised out
-
-struct Rng {
-  uint32_t s;
-  uint32_t next() {
-    s ^= s << 13;
-    s ^= s >> 17;
-    s ^= s << 5;
-    return s;
-  }
-};
-
-// A copy of `src` in a buffer that ends exactly where the allocation ends.
-struct ExactBuf {
-  char* p;
-  explicit ExactBuf(const char* src, size_t n) : p(static_cast<char*>(malloc(n ? n : 1))) {
-    if (n) memcpy(p, src, n);
-  }
-  ~ExactBuf() { free(p); }
-  ExactBuf(const ExactBuf&) = delete;
-  ExactBuf& operator=(const ExactBuf&) = delete;
-};
-
-void touch(std::string_view v) {
-  unsigned acc = 0;
-  for (char c : v) acc += static_cast<uint8_t>(c);
-  g_sink = g_sink + acc;
-}
 
 // A view as (offset, length) in its buffer so results from different buffers can be compared;
 // offset -1 means "not in the buffer" (only the static "/" the parser uses for absolute-form).

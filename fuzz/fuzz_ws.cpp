@@ -25,44 +25,13 @@
 #include "core/ws/frame.hpp"
 #include "core/ws/handshake.hpp"
 #include "core/ws/utf8.hpp"
+#include "fuzz_support.hpp"
 
 using namespace fulmen::ws;
 
+using namespace fulmen::fuzz;
+
 namespace {
-
-#define FUZZ_CHECK(cond)  \
-  do {                    \
-    if (!(cond)) abort(); \
-  } while (0)
-
-volatile unsigned g_sink;  // reading every view into this keeps the reads from being optimised out
-
-struct Rng {
-  uint32_t s;
-  uint32_t next() {
-    s ^= s << 13;
-    s ^= s >> 17;
-    s ^= s << 5;
-    return s;
-  }
-};
-
-// A copy of `src` in a buffer that ends exactly where the allocation ends.
-struct ExactBuf {
-  char* p;
-  explicit ExactBuf(const char* src, size_t n) : p(static_cast<char*>(malloc(n ? n : 1))) {
-    if (n) memcpy(p, src, n);
-  }
-  ~ExactBuf() { free(p); }
-  ExactBuf(const ExactBuf&) = delete;
-  ExactBuf& operator=(const ExactBuf&) = delete;
-};
-
-void touch(std::string_view v) {
-  unsigned acc = 0;
-  for (char c : v) acc += static_cast<uint8_t>(c);
-  g_sink = g_sink + acc;
-}
 
 struct Frame {
   Opcode opcode = Opcode::kContinuation;
