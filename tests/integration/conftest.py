@@ -256,22 +256,46 @@ except ImportError:
 UVICORN_READY = re.compile(r"Uvicorn running on (.+) \(Press")
 
 
+# --ws by meaning -> Uvicorn's spelling. "on" is Uvicorn's current implementation (websockets'
+# Sans-I/O layer, which is also what its "auto" picks when websockets is installed); its
+# "websockets" is the deprecated implementation on websockets.legacy.
+_UVICORN_WS = {"auto": "auto", "on": "websockets-sansio", "off": "none"}
+
+
 def asgi_command(app_spec: str, *, root_path: str | None = None, graceful_timeout: float | None = None,
                  timeout_keep_alive: float | None = None, access_log: bool = True,
                  interface: str | None = "asgi", extra: tuple[str, ...] = (), fd: int | None = None,
-                 loop: str | None = None) -> list[str]:
+                 loop: str | None = None, ws: str | None = None, ws_max_size: int | None = None,
+                 ws_ping_interval: float | None = None, ws_ping_timeout: float | None = None,
+                 ws_per_message_deflate: bool | None = None) -> list[str]:
     """The command line serving `app_spec` with the server under test (fd: the listening socket
-    Uvicorn inherits). interface=None leaves Fulmen's --interface to its default (auto)."""
+    Uvicorn inherits). interface=None leaves Fulmen's --interface to its default (auto).
+    WebSocket options: ws "auto"/"on"/"off", ws_max_size (bytes), ws_ping_interval and
+    ws_ping_timeout (seconds), ws_per_message_deflate (bool); None keeps the server's default."""
     if ASGI_SERVER == "uvicorn":
         args = [sys.executable, "-c", _UVICORN_SHIM, "--fd", str(fd), "--app-dir", str(APPS)]
         if graceful_timeout is not None:
             args += ["--timeout-graceful-shutdown", str(graceful_timeout)]
+        if ws is not None:
+            args += ["--ws", _UVICORN_WS[ws]]
     else:
         args = [sys.executable, "-m", "fulmen", "--port", "0"]
         if interface is not None:
             args += ["--interface", interface]
         if graceful_timeout is not None:
             args += ["--graceful-timeout", str(graceful_timeout)]
+        if ws is not None:
+            assert ws in ("auto", "on", "off"), ws
+            args += ["--ws", ws]
+    # Spelled the same by both servers.
+    if ws_max_size is not None:
+        args += ["--ws-max-size", str(ws_max_size)]
+    if ws_ping_interval is not None:
+        args += ["--ws-ping-interval", str(ws_ping_interval)]
+    if ws_ping_timeout is not None:
+        args += ["--ws-ping-timeout", str(ws_ping_timeout)]
+    if ws_per_message_deflate is not None:
+        args += ["--ws-per-message-deflate", "true" if ws_per_message_deflate else "false"]
     if root_path is not None:
         args += ["--root-path", root_path]
     if timeout_keep_alive is not None:
