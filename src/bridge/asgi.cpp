@@ -1,5 +1,6 @@
 // ASGI bridge; see asgi.hpp.
 #include "bridge/asgi.hpp"
+#include "bridge/asgi_internal.hpp"
 
 #include <cstring>
 
@@ -10,18 +11,10 @@ namespace fulmen::bridge {
 
 using http1::Exchange;
 
-namespace {
+namespace asgi {
 
 // ---- constants ----------------------------------------------------------------------------------
 
-struct Names {
-  Ref type, asgi, http_version, method, scheme, path, raw_path, query_string, root_path, headers,
-      client, server, state, extensions, body, more_body, status, http_request, http_disconnect,
-      http_response_start, http_response_body, set_result, done, create_future, http, v1_1, v1_0,
-      empty_bytes, empty_str, asgi_info, run_helper, call_soon;
-  Ref methods[10];
-  Ref disconnect_msg;  // {"type": "http.disconnect"}, shared: receivers must not mutate it
-};
 Names* N = nullptr;
 
 Ref str(const char* s) noexcept { return Ref::steal(PyUnicode_InternFromString(s)); }
@@ -58,6 +51,10 @@ bool init_names() noexcept {
   const char* names[10] = {nullptr, "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH",
                            "CONNECT", "TRACE"};
   for (int i = 1; i < 10; ++i) n->methods[i] = str(names[i]);
+  if (!ws_init_names(n)) {
+    delete n;
+    return false;
+  }
   n->disconnect_msg = Ref::steal(PyDict_New());
   if (n->disconnect_msg && n->type)
     PyDict_SetItem(n->disconnect_msg.get(), n->type.get(), n->http_disconnect.get());
@@ -113,6 +110,46 @@ PyAsyncMethods ready_async = {ready_await, nullptr, nullptr, nullptr};
 // The shared Ready(None). A raw pointer on purpose: a static Ref would be released by a C++
 // destructor after the interpreter finalized (a crash at exit on 3.13).
 PyObject* ready_none = nullptr;
+
+// The "headers" of a response message (an iterable of [name, value] pairs of bytes) as views
+// into the app's bytes objects, which `seq` keeps alive. A Content-Length among them is stored in
+// *content_length. False with an error set.
+bool parse_headers(PyObject* headers, Ref* seq_out, std::vector<http1::Header>& hs,
+                   long long* content_length) noexcept {
+  hs.clear();
+  if (!headers) return true;
+  Ref seq = Ref::steal(PySequence_Fast(headers, "response headers must be a list of [name, value] pairs"));
+  if (!seq) return false;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.get());
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* pair = PySequence_Fast_GET_ITEM(seq.get(), i);  // borrowed
+    PyObject *name, *value;
+    if ((PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2)) {
+      name = PyTuple_GET_ITEM(pair, 0);
+      value = PyTuple_GET_ITEM(pair, 1);
+    } else if (PyList_Check(pair) && PyList_GET_SIZE(pair) == 2) {
+      name = PyList_GET_ITEM(pair, 0);
+      value = PyList_GET_ITEM(pair, 1);
+    } else {
+      PyErr_Format(PyExc_TypeError, "response header %R must be a [name, value] pair", pair);
+      return false;
+    }
+    if (!PyBytes_Check(name) || !PyBytes_Check(value)) {
+      PyErr_Format(PyExc_TypeError, "response header %R: name and value must be bytes", pair);
+      return false;
+    }
+    hs.push_back({std::string_view(PyBytes_AS_STRING(name), size_t(PyBytes_GET_SIZE(name))),
+                  std::string_view(PyBytes_AS_STRING(value), size_t(PyBytes_GET_SIZE(value)))});
+    uint64_t cl;
+    if (content_length && base::iequals(hs.back().name, "content-length") &&
+        base::parse_u64(hs.back().value, &cl))
+      *content_length = (long long)cl;
+  }
+  *seq_out = std::move(seq);
+  return true;
+}
+
+PyObject* ready_none_ref() noexcept { return Py_NewRef(ready_none); }
 
 PyObject* make_ready(PyObject* value) noexcept {  // steals value (may be null for None)
   if (!value) {
@@ -193,46 +230,10 @@ PyObject* catcher_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObje
   Py_RETURN_NONE;  // Task() only checks that call_soon did not raise
 }
 
-}  // namespace
+}  // namespace asgi
 
-struct AsgiHandler::Impl {
-  AsgiHandler* outer = nullptr;
-  Ref app;
-  Ref loop;
-  Ref state;                 // lifespan state (a dict) or null
-  Ref create_future;         // loop.create_future, looked up once
-  Ref task_type;             // asyncio.Task
-  Ref task_kwnames;          // ("loop",) or, on 3.12+, ("loop", "eager_start")
-  // Python 3.10/3.11 have no eager tasks. Task() schedules its first step with loop.call_soon,
-  // looked up on the loop object, so for the moment a Task is made, a stand-in call_soon in the
-  // loop's instance dict catches that step and start_task() runs it at once, in the task's
-  // context: what 3.12's eager_start does. Null (tasks are scheduled normally) for a loop
-  // without an instance dict; skipped while someone else has patched call_soon there.
-  Ref loop_dict;
-  Ref step_catcher;          // the stand-in (a StepCatcher)
-  Ref real_call_soon;        // the loop's own call_soon, bound before any shadowing
-  std::vector<Ref> server_tuples;  // per listener: (host, port) or None
-  std::string root_path;
-  Ref root_path_str, root_path_bytes;
-  Ref scope_proto;           // every scope key in order; constants set, the rest None (attach())
-  std::string scratch;
-  // scope["client"] tuples, direct-mapped by port: a keep-alive connection's requests share one.
-  struct ClientEntry {
-    int port = -1;
-    std::string addr;
-    Ref tuple;
-  };
-  ClientEntry clients[64];
-  std::vector<http1::Header> resp_headers;  // views into the app's header bytes, per response
+using namespace asgi;
 
-  PyObject* build_scope(Exchange& ex) noexcept;
-  PyObject* start_task(PyObject* coro) noexcept;  // new ref to the Task, or null (error set)
-  bool build_scope_proto() noexcept;
-  PyObject* client_tuple(Exchange& ex) noexcept;  // new ref, or null (error set)
-  PyObject* body_message(CallObject* c) noexcept;  // new ref or null (error set)
-  void resolve(PyObject** fut, PyObject* value) noexcept;
-  void detach(CallObject* c) noexcept;
-};
 
 namespace {
 
@@ -323,36 +324,8 @@ PyObject* send_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject*
     PyObject* headers = PyDict_GetItemWithError(msg, N->headers.get());  // borrowed
     if (!headers && PyErr_Occurred()) return nullptr;
     std::vector<http1::Header>& hs = c->h->resp_headers;  // reused: no allocation per response
-    hs.clear();
     Ref seq;
-    if (headers) {
-      seq = Ref::steal(PySequence_Fast(headers, "response headers must be a list of [name, value] pairs"));
-      if (!seq) return nullptr;
-      Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.get());
-      for (Py_ssize_t i = 0; i < n; ++i) {
-        PyObject* pair = PySequence_Fast_GET_ITEM(seq.get(), i);  // borrowed
-        PyObject *name, *value;
-        if ((PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2)) {
-          name = PyTuple_GET_ITEM(pair, 0);
-          value = PyTuple_GET_ITEM(pair, 1);
-        } else if (PyList_Check(pair) && PyList_GET_SIZE(pair) == 2) {
-          name = PyList_GET_ITEM(pair, 0);
-          value = PyList_GET_ITEM(pair, 1);
-        } else {
-          PyErr_Format(PyExc_TypeError, "response header %R must be a [name, value] pair", pair);
-          return nullptr;
-        }
-        if (!PyBytes_Check(name) || !PyBytes_Check(value)) {
-          PyErr_Format(PyExc_TypeError, "response header %R: name and value must be bytes", pair);
-          return nullptr;
-        }
-        hs.push_back({std::string_view(PyBytes_AS_STRING(name), size_t(PyBytes_GET_SIZE(name))),
-                      std::string_view(PyBytes_AS_STRING(value), size_t(PyBytes_GET_SIZE(value)))});
-        uint64_t cl;
-        if (base::iequals(hs.back().name, "content-length") && base::parse_u64(hs.back().value, &cl))
-          c->declared = (long long)cl;
-      }
-    }
+    if (!parse_headers(headers, &seq, hs, &c->declared)) return nullptr;
     if (c->disconnected || !c->ex) {
       c->started = true;  // nobody to send to (as Uvicorn: sends after a disconnect are dropped)
       Py_INCREF(ready_none);
@@ -588,6 +561,61 @@ PyObject* AsgiHandler::Impl::client_tuple(Exchange& ex) noexcept {
   return t.release();
 }
 
+// The fields every scope has, from the request: path (root_path + the percent-decoded target
+// path, UTF-8 with invalid bytes replaced, as Uvicorn does), raw_path, query_string, headers,
+// client, server, state.
+bool AsgiHandler::Impl::fill_request(PyObject* d, Exchange& ex) noexcept {
+  const http1::Request& rq = ex.request();
+  auto set = [d](PyObject* k, PyObject* v) -> bool {  // v: new reference
+    if (!v) return false;
+    int r = PyDict_SetItem(d, k, v);
+    Py_DECREF(v);
+    return r == 0;
+  };
+  auto set_borrowed = [d](PyObject* k, PyObject* v) -> bool { return PyDict_SetItem(d, k, v) == 0; };
+  // path: root_path + the percent-decoded target path, UTF-8 with invalid bytes replaced (as
+  // Uvicorn does); raw_path: the same bytes undecoded.
+  std::string& buf = scratch;
+  buf.assign(root_path);
+  std::string_view raw = rq.path;
+  base::append_percent_decoded(raw, buf);
+  if (!set(N->path.get(), PyUnicode_DecodeUTF8(buf.data(), Py_ssize_t(buf.size()), "replace"))) return false;
+  buf.assign(root_path);
+  buf.append(raw);
+  if (!set(N->raw_path.get(), PyBytes_FromStringAndSize(buf.data(), Py_ssize_t(buf.size())))) return false;
+  if (!set(N->query_string.get(), rq.query.empty() ? Py_NewRef(N->empty_bytes.get())
+                                                   : PyBytes_FromStringAndSize(rq.query.data(), Py_ssize_t(rq.query.size()))))
+    return false;
+  Ref headers = Ref::steal(PyList_New(Py_ssize_t(rq.num_headers)));
+  if (!headers) return false;
+  char lower[256];
+  for (size_t i = 0; i < rq.num_headers; ++i) {
+    const http1::Header& hd = rq.headers[i];
+    PyObject* name;
+    if (hd.name.size() <= sizeof lower) {
+      for (size_t j = 0; j < hd.name.size(); ++j) lower[j] = base::ascii_lower(hd.name[j]);
+      name = PyBytes_FromStringAndSize(lower, Py_ssize_t(hd.name.size()));
+    } else {
+      name = PyBytes_FromStringAndSize(hd.name.data(), Py_ssize_t(hd.name.size()));
+      if (name) {
+        char* p = PyBytes_AS_STRING(name);
+        for (Py_ssize_t j = 0; j < PyBytes_GET_SIZE(name); ++j) p[j] = base::ascii_lower(p[j]);
+      }
+    }
+    PyObject* value = PyBytes_FromStringAndSize(hd.value.data(), Py_ssize_t(hd.value.size()));
+    PyObject* pair = (name && value) ? PyTuple_Pack(2, name, value) : nullptr;
+    Py_XDECREF(name);
+    Py_XDECREF(value);
+    if (!pair) return false;
+    PyList_SET_ITEM(headers.get(), Py_ssize_t(i), pair);
+  }
+  if (!set_borrowed(N->headers.get(), headers.get())) return false;
+  if (!ex.remote_addr().empty() && !set(N->client.get(), client_tuple(ex))) return false;
+  if (!set_borrowed(N->server.get(), server_tuples[size_t(ex.listener_index())].get())) return false;
+  if (state && !set(N->state.get(), PyDict_Copy(state.get()))) return false;
+  return true;
+}
+
 PyObject* AsgiHandler::Impl::build_scope(Exchange& ex) noexcept {
   const http1::Request& rq = ex.request();
   Ref scope = Ref::steal(PyDict_Copy(scope_proto.get()));
@@ -607,46 +635,7 @@ PyObject* AsgiHandler::Impl::build_scope(Exchange& ex) noexcept {
   } else if (!set(N->method.get(), PyUnicode_DecodeLatin1(rq.method.data(), Py_ssize_t(rq.method.size()), nullptr))) {
     return nullptr;
   }
-  // path: root_path + the percent-decoded target path, UTF-8 with invalid bytes replaced (as
-  // Uvicorn does); raw_path: the same bytes undecoded.
-  std::string& buf = scratch;
-  buf.assign(root_path);
-  std::string_view raw = rq.path;
-  base::append_percent_decoded(raw, buf);
-  if (!set(N->path.get(), PyUnicode_DecodeUTF8(buf.data(), Py_ssize_t(buf.size()), "replace"))) return nullptr;
-  buf.assign(root_path);
-  buf.append(raw);
-  if (!set(N->raw_path.get(), PyBytes_FromStringAndSize(buf.data(), Py_ssize_t(buf.size())))) return nullptr;
-  if (!set(N->query_string.get(), rq.query.empty() ? Py_NewRef(N->empty_bytes.get())
-                                                   : PyBytes_FromStringAndSize(rq.query.data(), Py_ssize_t(rq.query.size()))))
-    return nullptr;
-  Ref headers = Ref::steal(PyList_New(Py_ssize_t(rq.num_headers)));
-  if (!headers) return nullptr;
-  char lower[256];
-  for (size_t i = 0; i < rq.num_headers; ++i) {
-    const http1::Header& hd = rq.headers[i];
-    PyObject* name;
-    if (hd.name.size() <= sizeof lower) {
-      for (size_t j = 0; j < hd.name.size(); ++j) lower[j] = base::ascii_lower(hd.name[j]);
-      name = PyBytes_FromStringAndSize(lower, Py_ssize_t(hd.name.size()));
-    } else {
-      name = PyBytes_FromStringAndSize(hd.name.data(), Py_ssize_t(hd.name.size()));
-      if (name) {
-        char* p = PyBytes_AS_STRING(name);
-        for (Py_ssize_t j = 0; j < PyBytes_GET_SIZE(name); ++j) p[j] = base::ascii_lower(p[j]);
-      }
-    }
-    PyObject* value = PyBytes_FromStringAndSize(hd.value.data(), Py_ssize_t(hd.value.size()));
-    PyObject* pair = (name && value) ? PyTuple_Pack(2, name, value) : nullptr;
-    Py_XDECREF(name);
-    Py_XDECREF(value);
-    if (!pair) return nullptr;
-    PyList_SET_ITEM(headers.get(), Py_ssize_t(i), pair);
-  }
-  if (!set_borrowed(N->headers.get(), headers.get())) return nullptr;
-  if (!ex.remote_addr().empty() && !set(N->client.get(), client_tuple(ex))) return nullptr;
-  if (!set_borrowed(N->server.get(), server_tuples[size_t(ex.listener_index())].get())) return nullptr;
-  if (state && !set(N->state.get(), PyDict_Copy(state.get()))) return nullptr;
+  if (!fill_request(d, ex)) return nullptr;
   if (!set(N->extensions.get(), PyDict_New())) return nullptr;
   return scope.release();
 }
@@ -683,7 +672,7 @@ bool AsgiHandler::attach(PyObject* loop, PyObject* state) noexcept {
   im.loop = Ref::borrow(loop);
   im.state = state && state != Py_None ? Ref::borrow(state) : Ref();
   im.create_future = Ref::steal(PyObject_GetAttr(loop, N->create_future.get()));
-  if (!im.create_future || !im.build_scope_proto()) return false;
+  if (!im.create_future || !im.build_scope_proto() || !ws_attach(im)) return false;
   Ref asyncio = Ref::steal(PyImport_ImportModule("asyncio"));
   if (!asyncio) return false;
   im.task_type = Ref::steal(PyObject_GetAttrString(asyncio.get(), "Task"));
@@ -756,6 +745,10 @@ PyObject* AsgiHandler::Impl::start_task(PyObject* coro) noexcept {
 void AsgiHandler::on_request(Exchange& ex) noexcept {
   Impl& im = *impl_;
   ex.detach();
+  if (ex.is_websocket()) {
+    ws_on_request(im, ex);
+    return;
+  }
   auto* c = PyObject_New(CallObject, &CallType);
   if (!c) {
     log_exception("Out of memory starting an ASGI request");
@@ -809,11 +802,13 @@ void AsgiHandler::on_request(Exchange& ex) noexcept {
 }
 
 void AsgiHandler::on_resume(Exchange& ex) noexcept {
+  if (is_ws_call(ex.app_state)) return ws_on_resume(*impl_, ex);
   auto* c = static_cast<CallObject*>(ex.app_state);
   if (c) impl_->resolve(&c->send_future, nullptr);
 }
 
 void AsgiHandler::on_body_ready(Exchange& ex) noexcept {
+  if (is_ws_call(ex.app_state)) return;  // a handshake has no body
   auto* c = static_cast<CallObject*>(ex.app_state);
   if (!c || !c->recv_future) return;
   Ref msg = Ref::steal(impl_->body_message(c));
@@ -825,6 +820,7 @@ void AsgiHandler::on_body_ready(Exchange& ex) noexcept {
 }
 
 void AsgiHandler::on_disconnect(Exchange& ex) noexcept {
+  if (is_ws_call(ex.app_state)) return ws_on_disconnect(*impl_, ex);
   auto* c = static_cast<CallObject*>(ex.app_state);
   if (!c) return;
   c->disconnected = true;
@@ -832,7 +828,16 @@ void AsgiHandler::on_disconnect(Exchange& ex) noexcept {
   impl_->resolve(&c->send_future, nullptr);
 }
 
+void AsgiHandler::on_ws_message(Exchange& ex, bool binary, std::string_view data) noexcept {
+  ws_on_message(*impl_, ex, binary, data);
+}
+
+void AsgiHandler::on_ws_closed(Exchange& ex, uint16_t code, std::string_view reason) noexcept {
+  ws_on_closed(*impl_, ex, code, reason);
+}
+
 void AsgiHandler::on_abort(Exchange& ex) noexcept {
+  if (is_ws_call(ex.app_state)) return ws_on_abort(*impl_, ex);
   auto* c = static_cast<CallObject*>(ex.app_state);
   if (!c) return;
   c->disconnected = true;
@@ -875,7 +880,7 @@ bool asgi_init_types(PyObject* module) noexcept {
   StepCatcherType.tp_doc = "Stands in for loop.call_soon while an ASGI task is made (Python < 3.12)";
 
   if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&CallType) < 0 || PyType_Ready(&SendType) < 0 ||
-      PyType_Ready(&StepCatcherType) < 0)
+      PyType_Ready(&StepCatcherType) < 0 || !ws_init_types(module))
     return false;
   auto* r = PyObject_New(ReadyObject, &ReadyType);
   if (!r) return false;

@@ -38,6 +38,8 @@ class AsgiHandler final : public PyHandler {
   void on_abort(http1::Exchange& ex) noexcept override;
   void on_body_ready(http1::Exchange& ex) noexcept override;
   void on_disconnect(http1::Exchange& ex) noexcept override;
+  void on_ws_message(http1::Exchange& ex, bool binary, std::string_view data) noexcept override;
+  void on_ws_closed(http1::Exchange& ex, uint16_t code, std::string_view reason) noexcept override;
 
   struct Impl;
 

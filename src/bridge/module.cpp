@@ -184,7 +184,9 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
                                  "timeout_request_header", "timeout_request_body",
                                  "limit_request_line", "limit_request_fields",
                                  "limit_request_field_size", "limit_request_body",
-                                 "graceful_timeout", "interface", nullptr};
+                                 "graceful_timeout", "interface", "ws", "ws_max_size",
+                                 "ws_ping_interval", "ws_ping_timeout", "ws_per_message_deflate",
+                                 nullptr};
   PyObject *app, *listeners, *error_log = nullptr;
   int threads = 1, access_log_fd = -1;
   const char* root_path = "";
@@ -193,11 +195,20 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   Py_ssize_t line = 8190, fields = 100, field_size = 8190;
   long long body_limit = 0;
   const char* interface = "wsgi";
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLds", const_cast<char**>(kwlist), &app,
-                                   &listeners, &error_log, &threads, &root_path, &url_scheme,
+  int ws = 1, ws_deflate = 1;
+  long long ws_max_size = 16ll << 20;
+  double ws_ping_interval = 20.0, ws_ping_timeout = 20.0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddp", const_cast<char**>(kwlist),
+                                   &app, &listeners, &error_log, &threads, &root_path, &url_scheme,
                                    &access_log_fd, &keep_alive, &header_timeout, &body_timeout,
-                                   &line, &fields, &field_size, &body_limit, &graceful, &interface))
+                                   &line, &fields, &field_size, &body_limit, &graceful, &interface,
+                                   &ws, &ws_max_size, &ws_ping_interval, &ws_ping_timeout,
+                                   &ws_deflate))
     return -1;
+  if (ws_max_size < 0 || ws_ping_interval < 0 || ws_ping_timeout < 0) {
+    PyErr_SetString(PyExc_ValueError, "ws_max_size, ws_ping_interval and ws_ping_timeout must not be negative");
+    return -1;
+  }
   bool asgi = std::strcmp(interface, "asgi") == 0;
   if (!asgi && std::strcmp(interface, "wsgi") != 0) {
     PyErr_Format(PyExc_ValueError, "interface must be 'wsgi' or 'asgi', not '%s'", interface);
@@ -250,6 +261,11 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   cfg.limits.max_fields = fields ? size_t(fields) : 32768;
   cfg.limits.max_field_size = field_size ? size_t(field_size) : cfg.buffer_size;
   cfg.limits.max_body = uint64_t(body_limit);
+  cfg.websocket = asgi && ws;  // WSGI has no WebSocket: an Upgrade is a plain request there
+  cfg.ws_max_size = uint64_t(ws_max_size);
+  cfg.ws_ping_interval_ms = to_ms(ws_ping_interval);
+  cfg.ws_ping_timeout_ms = to_ms(ws_ping_timeout);
+  cfg.ws_deflate = ws_deflate;
 
   auto state = std::make_unique<State>();
   WsgiOptions opts;

@@ -25,6 +25,8 @@ namespace {
 constexpr int kAcceptBatch = 64;          // accepts per listener wake-up, so one busy listener
                                           // cannot starve the connections already open
 constexpr int64_t kLingerMs = 2000;       // how long a closing connection drains the client
+constexpr int64_t kWsCloseMs = 5000;      // after our WebSocket close frame, wait this long for the
+                                          // client's before closing the TCP connection anyway
 constexpr int64_t kAcceptPauseMs = 100;   // back-off when out of file descriptors
 constexpr size_t kAccessFlushBytes = 32 * 1024;
 }  // namespace
@@ -46,7 +48,10 @@ Server::Server(ServerConfig config, http1::AppHandler* app, base::Logger* logger
       keep_alive_timers_(config_.keep_alive_ms),
       header_timers_(config_.header_timeout_ms),
       io_timers_(config_.body_timeout_ms),
-      linger_timers_(kLingerMs) {
+      linger_timers_(kLingerMs),
+      ws_ping_timers_(config_.ws_ping_interval_ms),
+      ws_pong_timers_(config_.ws_ping_timeout_ms),
+      ws_close_timers_(kWsCloseMs) {
   block_hooks_ = &no_hooks_;
   watchdog_ = std::make_shared<Watchdog>();
   if (config_.threads > 1) {
@@ -268,8 +273,8 @@ void Server::begin_shutdown() noexcept {
 
 int Server::next_timeout_ms() const noexcept {
   if (!deferred_.empty()) return 0;
-  int64_t next = std::min({keep_alive_timers_.next_deadline(), header_timers_.next_deadline(),
-                           io_timers_.next_deadline(), linger_timers_.next_deadline()});
+  int64_t next = INT64_MAX;
+  for (const net::TimerList* list : timer_lists()) next = std::min(next, list->next_deadline());
   if (stopping_) next = std::min(next, shutdown_deadline_ms_);
   if (accept_paused_until_ms_) next = std::min(next, accept_paused_until_ms_);
   if (next == INT64_MAX) return -1;
@@ -281,9 +286,9 @@ int Server::next_timeout_ms() const noexcept {
 
 void Server::expire_timers() noexcept {
   int64_t now = loop_.clock().now_ms();
-  for (net::TimerList* list : {&keep_alive_timers_, &header_timers_, &io_timers_, &linger_timers_}) {
+  for (net::TimerList* list : timer_lists()) {
     while (net::TimerNode* n = list->pop_expired(now)) {
-      static_cast<http1::Connection*>(n->owner)->on_timer();
+      static_cast<http1::Connection*>(n->owner)->on_timer(list);
     }
   }
 }

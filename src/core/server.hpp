@@ -3,6 +3,7 @@
 // BlockHooks (the bridge releases the GIL there).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include "core/http1/exchange.hpp"
 #include "core/net/loop.hpp"
 #include "core/net/timer.hpp"
+#include "core/ws/handshake.hpp"
 
 namespace fulmen {
 
@@ -50,6 +52,12 @@ struct ServerConfig {
   // Read a body that fits in the input buffer before calling the app (inline, blocking apps:
   // WSGI). Asynchronous apps are called as soon as the head is in, as Uvicorn does.
   bool prefetch_body = true;
+  // WebSocket (asynchronous apps only): answer valid Upgrade requests (off: they are plain HTTP).
+  bool websocket = false;
+  uint64_t ws_max_size = 16u << 20;    // bytes a message may have (1009 beyond); 0: no limit
+  int64_t ws_ping_interval_ms = 20000; // ping an open WebSocket this often; 0: never
+  int64_t ws_ping_timeout_ms = 20000;  // close (1011) if the pong takes longer than this
+  bool ws_deflate = true;              // negotiate permessage-deflate when the client offers it
 };
 
 // Called around waits that block the calling thread (body reads, write stalls in pool threads).
@@ -107,6 +115,12 @@ class Server {
   net::TimerList& header_timers() noexcept { return header_timers_; }
   net::TimerList& io_timers() noexcept { return io_timers_; }
   net::TimerList& linger_timers() noexcept { return linger_timers_; }
+  net::TimerList& ws_ping_timers() noexcept { return ws_ping_timers_; }
+  net::TimerList& ws_pong_timers() noexcept { return ws_pong_timers_; }
+  net::TimerList& ws_close_timers() noexcept { return ws_close_timers_; }
+  // Scratch for parsing a WebSocket handshake (about 2 KiB of views): one per loop rather than
+  // one per connection, since a parse is used and dropped within one engine call.
+  ws::Handshake& ws_scratch() noexcept { return ws_scratch_; }
   bool stopping() const noexcept { return stopping_.load(std::memory_order_relaxed); }
   // Inline mode, from a blocking wait on the loop thread: runs the embedder's wake-up hook (signal
   // handlers), which may request a stop.
@@ -142,6 +156,11 @@ class Server {
   void accept_from(Listener& l, bool drain) noexcept;
   void begin_shutdown() noexcept;
   void expire_timers() noexcept;
+  std::array<net::TimerList*, 7> timer_lists() const noexcept {
+    auto* self = const_cast<Server*>(this);
+    return {&self->keep_alive_timers_, &self->header_timers_, &self->io_timers_, &self->linger_timers_,
+            &self->ws_ping_timers_, &self->ws_pong_timers_, &self->ws_close_timers_};
+  }
   void run_deferred() noexcept;
   void flush_access_log() noexcept;
   void drain_returned() noexcept;
@@ -165,6 +184,10 @@ class Server {
   net::TimerList header_timers_;
   net::TimerList io_timers_;
   net::TimerList linger_timers_;
+  net::TimerList ws_ping_timers_;
+  net::TimerList ws_pong_timers_;
+  net::TimerList ws_close_timers_;  // our close frame is out: how long we wait for the client's
+  ws::Handshake ws_scratch_;
   std::vector<std::unique_ptr<http1::Connection>> all_conns_;  // owns every Connection object
   std::vector<http1::Connection*> free_conns_;                   // closed ones, ready for reuse
   // What stats() reports, readable from any thread (the embedder calls stats() from Python

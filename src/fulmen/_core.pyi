@@ -4,6 +4,9 @@ from typing import Any, Callable, Sequence
 
 __version__: str
 
+class ClientDisconnected(OSError):
+    """Raised by an ASGI WebSocket send() once the connection is closed or lost."""
+
 class Server:
     """One worker's engine: an epoll loop serving HTTP/1.1 on already-listening sockets.
 
@@ -37,6 +40,11 @@ class Server:
         limit_request_body: int = 0,
         graceful_timeout: float = 30.0,
         interface: str = "wsgi",
+        ws: bool = True,
+        ws_max_size: int = 16777216,
+        ws_ping_interval: float = 20.0,
+        ws_ping_timeout: float = 20.0,
+        ws_per_message_deflate: bool = True,
     ) -> None: ...
     def serve_asyncio(self, loop: Any, state: dict[str, Any] | None = None, *, bridge: str = "reader") -> Any:
         """interface="asgi" only: serve on a running asyncio/uvloop loop (the engine's epoll fd is

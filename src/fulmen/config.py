@@ -19,6 +19,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 INTERFACES = ("auto", "wsgi", "asgi")
 LOOPS = ("auto", "asyncio", "uvloop")
 LIFESPANS = ("auto", "on", "off")
+WS_MODES = ("auto", "on", "off")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -38,6 +39,7 @@ class Option:
     min: float | None = None
     max: float | None = None
     positional: bool = False
+    takes_value: bool = False  # a bool given as "--flag true|false" (Uvicorn's spelling), not --flag/--no-flag
 
     @property
     def flag(self) -> str:
@@ -84,6 +86,16 @@ OPTIONS: tuple[Option, ...] = (
            metavar="BYTES", min=0),
     Option("graceful_timeout", float, 30.0, "on shutdown, wait this many seconds for in-flight requests",
            metavar="SECONDS", min=0),
+    Option("ws", str, "auto", "ASGI only: WebSocket support, built into the engine (auto = on); off serves "
+           "Upgrade requests as plain HTTP", choices=WS_MODES),
+    Option("ws_max_size", int, 16 * 1024 * 1024, "ASGI only: largest WebSocket message in bytes; a larger one "
+           "closes the connection with 1009", metavar="BYTES", min=1),
+    Option("ws_ping_interval", float, 20.0, "ASGI only: ping each WebSocket this often; 0 = never",
+           metavar="SECONDS", min=0),
+    Option("ws_ping_timeout", float, 20.0, "ASGI only: close a WebSocket (1011) whose pong takes longer than "
+           "this; 0 = wait forever", metavar="SECONDS", min=0),
+    Option("ws_per_message_deflate", bool, True, "ASGI only: offer WebSocket compression (permessage-deflate) "
+           "to clients that ask for it", metavar="BOOL", takes_value=True),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -150,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = f"{opt.help}{shown} [env: {opt.env}]"
         if opt.positional:
             parser.add_argument(opt.name, nargs="?", metavar=opt.metavar, help=help_text)
+        elif opt.type is bool and opt.takes_value:
+            parser.add_argument(opt.flag, dest=opt.name, default=None, help=help_text, metavar=opt.metavar)
         elif opt.type is bool:
             # --access-log/--no-access-log: None (not given) lets the environment decide.
             parser.add_argument(opt.flag, dest=opt.name, action=argparse.BooleanOptionalAction,
@@ -169,7 +183,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> dict[s
     for opt in OPTIONS:
         cli = args[opt.name]
         if cli is not None:
-            shown = ("--" if cli else "--no-") + opt.flag[2:] if opt.type is bool else (
+            shown = ("--" if cli else "--no-") + opt.flag[2:] if opt.type is bool and not opt.takes_value else (
                 cli if opt.positional else f"{opt.flag} {cli}")
             cfg[opt.name] = convert(opt, cli, shown)
         elif environ.get(opt.env):  # set but empty counts as unset, as in Click

@@ -119,6 +119,11 @@ def engine_options(cfg: dict[str, Any]) -> dict[str, Any]:
         limit_request_field_size=cfg["limit_request_field_size"] or NO_LIMIT,
         limit_request_body=cfg["limit_request_body"],
         graceful_timeout=float(cfg["graceful_timeout"]),
+        ws=cfg["ws"] != "off",
+        ws_max_size=cfg["ws_max_size"],
+        ws_ping_interval=float(cfg["ws_ping_interval"]),
+        ws_ping_timeout=float(cfg["ws_ping_timeout"]),
+        ws_per_message_deflate=cfg["ws_per_message_deflate"],
     )
 
 

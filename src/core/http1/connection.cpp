@@ -17,6 +17,7 @@
 #include "core/base/ascii.hpp"
 #include "core/http1/status.hpp"
 #include "core/server.hpp"
+#include "core/ws/frame.hpp"
 
 namespace fulmen::http1 {
 
@@ -154,6 +155,9 @@ void Connection::drive() noexcept {
       case State::kDiscardBody:
         if (step_discard()) continue;
         break;
+      case State::kWebSocket:
+        if (step_ws()) continue;
+        break;
       case State::kClosing:
         if (!flush()) break;
         if (failed_) continue;
@@ -220,6 +224,9 @@ void Connection::arm_timer_for_state() noexcept {
     case State::kLingering:
       if (timer.list != &server_->linger_timers()) server_->linger_timers().arm(timer, now);
       break;
+    case State::kWebSocket:
+      arm_ws_timer(now);
+      break;
     case State::kClosed:
     case State::kLent:
       net::TimerList::disarm(timer);
@@ -227,13 +234,23 @@ void Connection::arm_timer_for_state() noexcept {
   }
 }
 
-void Connection::on_timer() noexcept {
+void Connection::on_timer(net::TimerList* which) noexcept {
+  if (state_ == State::kWebSocket) {
+    ws_timer(which);  // pings, a missing pong, or the client's close that never came
+    return;
+  }
   // Header timeout, keep-alive expiry, a stalled writer or body, or the end of lingering: all end
   // the connection. A paused app is told through on_abort().
   close_now();
 }
 
 void Connection::stop_if_idle() noexcept {
+  if (state_ == State::kWebSocket) {
+    // Going away: close frame 1012 (Service Restart), tell the app, and let the client answer.
+    ws_fail(ws::close_code::kServiceRestart, "server shutting down", true, true);
+    drive();
+    return;
+  }
   if (state_ == State::kReadHead && (!in_ || in_->end() == 0) && !out_pending()) {
     // A request may be sitting unread in the socket (no edge seen yet): look before closing.
     readable_ = true;
@@ -243,7 +260,7 @@ void Connection::stop_if_idle() noexcept {
 
 void Connection::close_now() noexcept {
   if (state_ == State::kClosed) return;
-  if (state_ == State::kInApp && (paused_ || detached_)) {
+  if ((state_ == State::kInApp && paused_) || detached_) {
     paused_ = false;
     detached_ = false;
     want_body_ = false;
@@ -255,6 +272,8 @@ void Connection::close_now() noexcept {
   fd_ = -1;
   state_ = State::kClosed;
   file_left_ = 0;
+  ws_.reset();
+  ws_request_ = false;
   release_buffers();
   server_->release(this);
 }
@@ -464,6 +483,7 @@ bool Connection::begin_exchange(size_t head_len) noexcept {
   app_state = nullptr;
   server_->count_request();
   net::TimerList::disarm(timer);
+  if (!check_upgrade()) return false;  // a refused handshake was answered: kClosing
   if (server_->config().threads > 1) {
     state_ = State::kLent;
     blocking_ = true;
@@ -760,7 +780,7 @@ Exchange::StartError Connection::start_response(int status, std::string_view rea
     if (req_.version_minor >= 1) chunked_out_ = true;
     else keep_alive_ = false;  // HTTP/1.0 without a length: the close delimits the body
   }
-  if (server_->stopping()) keep_alive_ = false;
+  if (server_->stopping() || ws_request_) keep_alive_ = false;  // a denied upgrade closes
   // A final status before the body we never asked for: the client may still send it, so say we
   // close (RFC 9110 section 10.1.1), and never send 100 after this.
   if (continue_pending_ && !body_done_) keep_alive_ = false;
@@ -833,15 +853,20 @@ Exchange::WriteStatus Connection::write(const char* data, size_t n) noexcept {
     hdr[hlen++] = '\r';
     hdr[hlen++] = '\n';
   }
+  return queue_parts({hdr, hlen}, data, n, chunked_out_ ? kCRLF : std::string_view());
+}
+
+Exchange::WriteStatus Connection::queue_parts(std::string_view head, const char* data, size_t n,
+                                              std::string_view tail) noexcept {
   ensure_out();
   if (n >= kDirectWrite && file_left_ == 0) {
     // Large body: one writev of what is queued plus the app's bytes; copy only what did not go out.
     iovec iov[4];
     int cnt = 0;
     if (!out_->empty()) iov[cnt++] = {out_->begin_ptr(), out_->size()};
-    if (hlen) iov[cnt++] = {hdr, hlen};
+    if (!head.empty()) iov[cnt++] = {const_cast<char*>(head.data()), head.size()};
     iov[cnt++] = {const_cast<char*>(data), n};
-    if (chunked_out_) iov[cnt++] = {const_cast<char*>(kCRLF.data()), 2};
+    if (!tail.empty()) iov[cnt++] = {const_cast<char*>(tail.data()), tail.size()};
     size_t total = 0;
     for (int i = 0; i < cnt; ++i) total += iov[i].iov_len;
     ssize_t w;
@@ -856,6 +881,7 @@ Exchange::WriteStatus Connection::write(const char* data, size_t n) noexcept {
       w = 0;
     }
     size_t done = size_t(w);
+    if (done > 0) progress_ = true;
     if (done == total) {
       out_->clear();
       return WriteStatus::kOk;
@@ -876,9 +902,9 @@ Exchange::WriteStatus Connection::write(const char* data, size_t n) noexcept {
     out_ = std::move(rest);
     return after_queue();
   }
-  if (hlen) out_->append(hdr, hlen);
-  out_->append(data, n);
-  if (chunked_out_) out_->append(kCRLF);
+  if (!head.empty()) out_->append(head);
+  if (n) out_->append(data, n);
+  if (!tail.empty()) out_->append(tail);
   return after_queue();
 }
 
@@ -1006,6 +1032,10 @@ bool Connection::wait_drained() noexcept {
 }
 
 bool Connection::finish() noexcept {
+  if (ws_) {
+    ws_app_done();
+    return !failed_;
+  }
   if (finished_) return !failed_;
   if (disconnect_told_) {
     abort();  // nobody to finish for: close
@@ -1038,6 +1068,14 @@ bool Connection::finish() noexcept {
 }
 
 void Connection::abort() noexcept {
+  if (ws_) {
+    // Upgraded: drop the connection (the client sees it end without a close frame).
+    detached_ = false;
+    paused_ = false;
+    if (state_ == State::kWebSocket) state_ = State::kClosing;
+    kick();
+    return;
+  }
   if (finished_) return;
   finished_ = true;
   paused_ = false;
@@ -1056,7 +1094,7 @@ void Connection::send_simple(int status, std::string_view body, bool close) noex
     abort();
     return;
   }
-  if (close) keep_alive_ = false;
+  if (close || ws_request_) keep_alive_ = false;
   write_simple(status, body);
   finished_ = true;
   if (server_->config().access_log_fd >= 0) log_access();
@@ -1067,7 +1105,7 @@ void Connection::send_simple(int status, std::string_view body, bool close) noex
   if (!blocking_) kick();  // an async app's error path runs outside drive(): send it now
 }
 
-void Connection::write_simple(int status, std::string_view body) noexcept {
+void Connection::write_simple(int status, std::string_view body, std::string_view extra) noexcept {
   ensure_out();
   base::Buffer& o = *out_;
   char num[24];
@@ -1077,7 +1115,9 @@ void Connection::write_simple(int status, std::string_view body) noexcept {
   o.append(status_reason(status));
   o.append("\r\nServer: fulmen\r\nDate: ");
   o.append(server_->loop().clock().http_date());
-  o.append("\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+  o.append("\r\n");
+  o.append(extra);  // whole header lines, each ending in CRLF
+  o.append("Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
   o.append(num, base::format_u64(body.size(), num));
   o.append(keep_alive_ && !server_->stopping() ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
   if (req_.method_id != Method::kHead) o.append(body);

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/base/buffer.hpp"
@@ -17,6 +18,7 @@
 #include "core/http1/parser.hpp"
 #include "core/net/loop.hpp"
 #include "core/net/timer.hpp"
+#include "core/ws/frame.hpp"
 
 namespace fulmen {
 class Server;
@@ -31,7 +33,7 @@ class Connection final : public net::IoHandler, public Exchange {
 
   void open(int fd, const sockaddr* addr, socklen_t len, int listener_index, bool is_unix) noexcept;
   void on_io(uint32_t events) noexcept override;
-  void on_timer() noexcept;
+  void on_timer(net::TimerList* which) noexcept;  // `which`: the list the timer fired on
   // Graceful stop: close now if idle between requests; otherwise finish and close after.
   void stop_if_idle() noexcept;
   void close_now() noexcept;
@@ -68,6 +70,13 @@ class Connection final : public net::IoHandler, public Exchange {
   bool peer_gone() const noexcept override { return peer_eof_ || failed_; }
   // Server::step() runs this for a connection that deferred itself (Server::defer).
   void run_deferred() noexcept;
+  bool is_websocket() const noexcept override { return ws_request_; }
+  size_t ws_subprotocols(std::string_view* out, size_t max) const noexcept override;
+  StartError ws_accept(std::string_view subprotocol, const Header* headers,
+                       size_t n) noexcept override;
+  WriteStatus ws_send(bool binary, const char* data, size_t n) noexcept override;
+  void ws_close(uint16_t code, std::string_view reason) noexcept override;
+  void ws_want(bool on) noexcept override;
 
  private:
   enum class State : uint8_t {
@@ -79,6 +88,7 @@ class Connection final : public net::IoHandler, public Exchange {
     kDiscardBody,  // response done; reading and dropping the unread rest of the request body
     kClosing,      // last response queued; flush, then half-close and linger
     kLingering,    // write side shut; drain what the client still sends, then close
+    kWebSocket,    // upgraded (connection_ws.cpp): frames both ways until the closing handshake
   };
   enum class ReadResult : uint8_t { kGot, kAgain, kEof, kFull, kError };
   enum class Step : uint8_t { kContinue, kWait, kHandedOff };
@@ -91,7 +101,7 @@ class Connection final : public net::IoHandler, public Exchange {
   bool begin_exchange(size_t head_len) noexcept;
   void after_response() noexcept;
   void reject(ParseError e) noexcept;
-  void write_simple(int status, std::string_view body) noexcept;
+  void write_simple(int status, std::string_view body, std::string_view extra = {}) noexcept;
   ReadResult read_some() noexcept;
   bool decode_body() noexcept;  // refills cur_ from buffered bytes; false if none buffered
   bool flush() noexcept;        // true when everything queued went out
@@ -107,6 +117,23 @@ class Connection final : public net::IoHandler, public Exchange {
   void ensure_in() noexcept;
   void ensure_out() noexcept;
   bool out_pending() const noexcept { return (out_ && !out_->empty()) || file_left_ > 0; }
+  // Queues head + data + tail as one piece of output; large data goes out with writev from the
+  // caller's memory and only what the socket did not take is copied.
+  WriteStatus queue_parts(std::string_view head, const char* data, size_t n,
+                          std::string_view tail) noexcept;
+
+  // ---- WebSocket (connection_ws.cpp) ----
+  struct WsState;
+  bool check_upgrade() noexcept;  // in begin_exchange: false if the handshake was refused
+  bool step_ws() noexcept;        // kWebSocket: true to run the state machine again
+  bool ws_feed() noexcept;        // parses buffered frames; true if the state changed
+  void ws_control(const void* result) noexcept;
+  void ws_fail(uint16_t code, std::string_view reason, bool tell_app, bool wait_for_peer) noexcept;
+  void ws_queue_control(uint8_t opcode, std::string_view payload) noexcept;
+  void ws_timer(net::TimerList* which) noexcept;
+  void arm_ws_timer(int64_t now) noexcept;
+  void ws_app_done() noexcept;
+  void ws_deliver(bool binary, std::string_view data) noexcept;
 
   Server* server_;
   int fd_ = -1;
@@ -124,6 +151,7 @@ class Connection final : public net::IoHandler, public Exchange {
   bool in_drive_ = false;    // inside drive(): app calls need no deferral
   bool deferred_ = false;    // queued on the server's deferred list
   bool is_unix_ = false;
+  bool ws_request_ = false;  // this exchange is a valid WebSocket upgrade request
   int listener_ = 0;
   int port_ = 0;
   uint8_t addr_len_ = 0;
@@ -165,6 +193,21 @@ class Connection final : public net::IoHandler, public Exchange {
   int file_fd_ = -1;            // borrowed from the app's file object while file_left_ > 0
   int64_t file_off_ = 0;
   int64_t file_left_ = 0;
+
+  std::unique_ptr<WsState> ws_;  // only while upgraded
+};
+
+// The state of an upgraded connection (connection_ws.cpp), allocated at the 101.
+struct Connection::WsState {
+  explicit WsState(const ws::FrameOptions& options) : parser(options) {}
+  ws::FrameParser parser;
+  std::string msg;             // the message being gathered (see the file comment)
+  size_t pos = 0;              // offset in in_ of bytes not yet fed to the parser
+  uint32_t pings = 0;          // our pings so far: the payload of the next one
+  bool want = false;           // the app has room for messages: read and parse
+  bool close_sent = false;     // our close frame is queued: no more data frames either way
+  bool told = false;           // the app knows the connection is closing (on_ws_closed or its own close)
+  bool awaiting_pong = false;  // a keep-alive ping is out
 };
 
 }  // namespace fulmen::http1

@@ -75,6 +75,30 @@ class Exchange {
   // The client has gone (EOF, reset): AppHandler::on_disconnect() was or is about to be called.
   virtual bool peer_gone() const noexcept = 0;
 
+  // ---- WebSocket (RFC 6455), for asynchronous apps, all on the loop thread ----
+  // The request is a valid WebSocket opening handshake and the server speaks WebSocket: the
+  // bridge runs the app with a websocket scope. (An invalid handshake never reaches the app: the
+  // engine answers 400 or 426 itself.) Until ws_accept() the exchange is an HTTP exchange, so a
+  // denial is an ordinary response (start_response/write/finish, or send_simple).
+  virtual bool is_websocket() const noexcept = 0;
+  // The subprotocols the client offered (Sec-WebSocket-Protocol), in order: up to `max` views
+  // into the request head, valid until ws_accept(). Returns how many there are.
+  virtual size_t ws_subprotocols(std::string_view* out, size_t max) const noexcept = 0;
+  // Sends the 101 answer with the chosen subprotocol (empty: none; must be a token) and the
+  // app's extra headers (validated as in start_response), negotiating permessage-deflate if the
+  // server allows it. From then on the exchange carries messages. kBadHeader leaves nothing sent.
+  virtual StartError ws_accept(std::string_view subprotocol, const Header* headers,
+                               size_t n) noexcept = 0;
+  // One whole message. kPause as for write(): stop sending until on_resume().
+  virtual WriteStatus ws_send(bool binary, const char* data, size_t n) noexcept = 0;
+  // Starts the closing handshake; the app gets no more messages. The code must satisfy
+  // ws::close_code_valid; the reason is cut to what fits in a close frame.
+  virtual void ws_close(uint16_t code, std::string_view reason) noexcept = 0;
+  // While on, the engine reads frames and calls AppHandler::on_ws_message() for each whole
+  // message (control frames are its own business); while off it does not read the socket at
+  // all, so a slow app makes the client wait (TCP flow control) instead of queueing.
+  virtual void ws_want(bool on) noexcept = 0;
+
   void* app_state = nullptr;  // the bridge's per-exchange state while a response is paused
 };
 
@@ -95,6 +119,15 @@ class AppHandler {
   // Detached exchanges only: the client went away (EOF or error) before the exchange finished.
   // Called once; the exchange stays valid until the app finishes or aborts it (writes then fail).
   virtual void on_disconnect(Exchange& ex) noexcept {}
+  // WebSocket: a whole message (text is valid UTF-8); `data` is valid only during the call.
+  virtual void on_ws_message(Exchange& ex, bool binary, std::string_view data) noexcept {}
+  // WebSocket: the connection is closing for a reason other than the app's ws_close(): the
+  // client's close frame (its code, or 1005, and reason), a protocol error or a ping timeout
+  // (the code sent to the client), a lost connection (1006), or a server shutdown (1012).
+  // Called once; every message that arrived before it was delivered first. As after
+  // on_disconnect(), the exchange stays valid until the app calls finish() or abort(), and the
+  // engine finishes the closing handshake on its own.
+  virtual void on_ws_closed(Exchange& ex, uint16_t code, std::string_view reason) noexcept {}
 };
 
 }  // namespace fulmen::http1
