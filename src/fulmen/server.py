@@ -7,6 +7,7 @@ which calls only the application (and error_log on errors).
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import sys
 import threading
@@ -62,6 +63,20 @@ def _load_core() -> Any:
     return _core
 
 
+def raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one, as nginx's worker_rlimit_nofile does:
+    every connection is a descriptor, and a soft limit of 1024 would cap a worker holding idle
+    WebSocket or keep-alive connections far below what it can serve."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20  # what Linux allows at most by default (fs.nr_open)
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        error_log.debug("could not raise the open files limit: %s", exc)
+
+
 def serve(cfg: dict[str, Any]) -> None:
     """Serve until SIGINT/SIGTERM (or until the engine stops). Raises FulmenError."""
     configure_logging(cfg["log_level"], cfg["access_log"])
@@ -74,6 +89,7 @@ def serve(cfg: dict[str, Any]) -> None:
         if kind == "asgi2":
             app = _asgi.ASGI2App(app)
 
+    raise_open_files_limit()
     listener = _sockets.bind(cfg)
     try:
         if kind == "wsgi":

@@ -130,6 +130,13 @@ def test_console_script_is_the_same_command():
         ([], {"FULMEN_ACCESS_LOG": "maybe"}, ["FULMEN_ACCESS_LOG=maybe", "true/false"]),
         ([], {"FULMEN_LOG_LEVEL": "LOUD"}, ["FULMEN_LOG_LEVEL=LOUD"]),
         ([], {"FULMEN_GRACEFUL_TIMEOUT": "nan"}, ["FULMEN_GRACEFUL_TIMEOUT=nan", "finite"]),
+        (["--ws", "websockets"], {}, ["--ws websockets", "auto, on, off"]),
+        (["--ws-max-size", "0"], {}, ["--ws-max-size 0", "at least 1"]),
+        (["--ws-ping-interval", "-1"], {}, ["--ws-ping-interval -1", "at least 0"]),
+        (["--ws-ping-timeout", "often"], {}, ["--ws-ping-timeout often", "number"]),
+        (["--ws-per-message-deflate", "maybe"], {}, ["--ws-per-message-deflate maybe", "true/false"]),
+        (["--ws-per-message-deflate"], {}, ["--ws-per-message-deflate", "expected one argument"]),
+        ([], {"FULMEN_WS_PER_MESSAGE_DEFLATE": "sometimes"}, ["FULMEN_WS_PER_MESSAGE_DEFLATE=sometimes", "true/false"]),
     ],
 )
 def test_invalid_values_name_the_option(args, env, expected):

@@ -54,6 +54,9 @@ Connection::~Connection() {
 void Connection::open(int fd, const sockaddr* addr, socklen_t len, int listener_index,
                       bool is_unix) noexcept {
   fd_ = fd;
+  // A connection that was a WebSocket gave its header slots back (connection_ws.cpp).
+  if (headers_.empty())
+    headers_.resize(std::clamp<size_t>(server_->config().limits.max_fields, 1, kInitialHeaders));
   listener_ = listener_index;
   is_unix_ = is_unix;
   state_ = State::kReadHead;

@@ -140,6 +140,9 @@ Exchange::StartError Connection::ws_accept(std::string_view subprotocol, const H
     in_->set_window(0, rest);
   }
   head_len_ = body_pos_ = 0;
+  // No more request heads on this connection: give back the header slots (2 KiB or more), so an
+  // idle WebSocket costs the engine about 1 KiB (Connection + WsState, buffers back in the pools).
+  std::vector<Header>().swap(headers_);
   ws::FrameOptions options;
   options.max_message = server_->config().ws_max_size;
   ws_ = std::make_unique<WsState>(options);
