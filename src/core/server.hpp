@@ -17,6 +17,7 @@
 #include "core/http1/exchange.hpp"
 #include "core/net/loop.hpp"
 #include "core/net/timer.hpp"
+#include "core/ws/deflate.hpp"
 #include "core/ws/handshake.hpp"
 
 namespace fulmen {
@@ -121,6 +122,10 @@ class Server {
   // Scratch for parsing a WebSocket handshake (about 2 KiB of views): one per loop rather than
   // one per connection, since a parse is used and dropped within one engine call.
   ws::Handshake& ws_scratch() noexcept { return ws_scratch_; }
+  // permessage-deflate: the server compresses each message on its own, so one Deflater (and one
+  // output scratch) per loop serves every connection (deflate.hpp).
+  ws::Deflater& ws_deflater() noexcept { return ws_deflater_; }
+  std::string& ws_deflate_out() noexcept { return ws_deflate_out_; }
   bool stopping() const noexcept { return stopping_.load(std::memory_order_relaxed); }
   // Inline mode, from a blocking wait on the loop thread: runs the embedder's wake-up hook (signal
   // handlers), which may request a stop.
@@ -188,6 +193,8 @@ class Server {
   net::TimerList ws_pong_timers_;
   net::TimerList ws_close_timers_;  // our close frame is out: how long we wait for the client's
   ws::Handshake ws_scratch_;
+  ws::Deflater ws_deflater_;
+  std::string ws_deflate_out_;
   std::vector<std::unique_ptr<http1::Connection>> all_conns_;  // owns every Connection object
   std::vector<http1::Connection*> free_conns_;                   // closed ones, ready for reuse
   // What stats() reports, readable from any thread (the embedder calls stats() from Python

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "core/http1/parser.hpp"
 #include "core/net/loop.hpp"
 #include "core/net/timer.hpp"
+#include "core/ws/deflate.hpp"
 #include "core/ws/frame.hpp"
 
 namespace fulmen {
@@ -134,6 +136,7 @@ class Connection final : public net::IoHandler, public Exchange {
   void arm_ws_timer(int64_t now) noexcept;
   void ws_app_done() noexcept;
   void ws_deliver(bool binary, std::string_view data) noexcept;
+  bool ws_inflate(std::string_view piece, bool message_end, bool binary) noexcept;
 
   Server* server_;
   int fd_ = -1;
@@ -208,6 +211,10 @@ struct Connection::WsState {
   bool close_sent = false;     // our close frame is queued: no more data frames either way
   bool told = false;           // the app knows the connection is closing (on_ws_closed or its own close)
   bool awaiting_pong = false;  // a keep-alive ping is out
+  bool deflate = false;        // permessage-deflate was negotiated
+  ws::DeflateParams deflate_params;
+  std::optional<ws::Inflater> inflater;  // with deflate: the client's compressed messages
+  ws::Utf8Validator utf8;      // inflated text messages (the parser checks uncompressed ones)
 };
 
 }  // namespace fulmen::http1

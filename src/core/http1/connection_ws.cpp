@@ -25,6 +25,9 @@ namespace {
 // A gathered message's storage is kept for the next one up to this size, and freed beyond it,
 // so one large message does not pin its memory to an idle connection.
 constexpr size_t kKeepMessageCapacity = 64 * 1024;
+// With permessage-deflate, messages shorter than this go out uncompressed (RFC 7692 lets every
+// message choose): DEFLATE's block overhead and the CPU cost buy nothing on a few bytes.
+constexpr size_t kMinCompress = 64;
 
 bool bad_value_byte(unsigned char c) noexcept { return c == '\r' || c == '\n' || c == 0; }
 }  // namespace
@@ -94,6 +97,13 @@ Exchange::StartError Connection::ws_accept(std::string_view subprotocol, const H
   ws::Handshake& hs = server_->ws_scratch();
   if (ws::parse_upgrade(req_, hs) != ws::HandshakeError::kNone) return StartError::kBadHeader;
   ws::AcceptValue accept = ws::compute_accept(hs.key);
+  ws::DeflateParams deflate;
+  ws::ExtensionResponse extension;
+  bool deflate_on = false;
+  if (server_->config().ws_deflate) {
+    ws::DeflateConfig dc;
+    deflate_on = ws::negotiate_deflate(hs, dc, &deflate, &extension);
+  }
 
   ensure_out();
   base::Buffer& o = *out_;
@@ -104,6 +114,11 @@ Exchange::StartError Connection::ws_accept(std::string_view subprotocol, const H
   if (!subprotocol.empty()) {
     o.append("Sec-WebSocket-Protocol: ");
     o.append(subprotocol);
+    o.append("\r\n");
+  }
+  if (deflate_on) {
+    o.append("Sec-WebSocket-Extensions: ");
+    o.append(extension.view());
     o.append("\r\n");
   }
   if (!has_server) o.append("Server: fulmen\r\n");
@@ -145,7 +160,14 @@ Exchange::StartError Connection::ws_accept(std::string_view subprotocol, const H
   std::vector<Header>().swap(headers_);
   ws::FrameOptions options;
   options.max_message = server_->config().ws_max_size;
+  options.allow_rsv1 = deflate_on;
   ws_ = std::make_unique<WsState>(options);
+  if (deflate_on) {
+    ws_->deflate = true;
+    ws_->deflate_params = deflate;
+    // Inflated messages are held to the same --ws-max-size as plain ones.
+    ws_->inflater.emplace(deflate, server_->config().ws_max_size);
+  }
   state_ = State::kWebSocket;
   net::TimerList::disarm(timer);
   if (server_->stopping()) ws_fail(ws::close_code::kServiceRestart, "server shutting down", true, true);
@@ -157,7 +179,19 @@ Exchange::StartError Connection::ws_accept(std::string_view subprotocol, const H
 
 Exchange::WriteStatus Connection::ws_send(bool binary, const char* data, size_t n) noexcept {
   if (state_ != State::kWebSocket || failed_ || ws_->close_sent) return WriteStatus::kError;
-  ws::FrameHead head = ws::make_frame_header(binary ? ws::Opcode::kBinary : ws::Opcode::kText, n);
+  ws::Opcode op = binary ? ws::Opcode::kBinary : ws::Opcode::kText;
+  if (ws_->deflate && n >= kMinCompress) {
+    std::string& out = server_->ws_deflate_out();
+    out.clear();
+    if (server_->ws_deflater().compress(std::string_view(data, n),
+                                        ws_->deflate_params.server_max_window_bits, &out)) {
+      ws::FrameHead head = ws::make_frame_header(op, out.size(), true, true);
+      WriteStatus st = queue_parts(head.view(), out.data(), out.size(), {});
+      if (out.capacity() > kKeepMessageCapacity) std::string().swap(out);
+      return st;
+    }
+  }
+  ws::FrameHead head = ws::make_frame_header(op, n);
   return queue_parts(head.view(), data, n, {});
 }
 
@@ -244,6 +278,11 @@ bool Connection::ws_feed() noexcept {
         continue;
       case ws::FrameParser::Event::kData: {
         bool binary = w.parser.message_opcode() == ws::Opcode::kBinary;
+        if (w.parser.message_compressed()) {
+          if (!ws_inflate(r.payload, r.message_end, binary)) return true;
+          if (state_ != State::kWebSocket) return true;
+          continue;
+        }
         if (r.message_end && w.msg.empty()) {
           ws_deliver(binary, r.payload);  // the whole message is this one piece: no copy
         } else {
@@ -266,6 +305,36 @@ bool Connection::ws_feed() noexcept {
         return true;
     }
   }
+}
+
+// A piece of a compressed message: inflated into `msg`, delivered at its end. False if the
+// connection failed (bad data, too big).
+bool Connection::ws_inflate(std::string_view piece, bool message_end, bool binary) noexcept {
+  WsState& w = *ws_;
+  ws::Inflater& inf = *w.inflater;
+  size_t before = w.msg.size();
+  ws::Inflater::Status st = inf.feed(piece, &w.msg);
+  if (st == ws::Inflater::Status::kOk && message_end) st = inf.finish(&w.msg);
+  if (st != ws::Inflater::Status::kOk) {
+    ws_fail(ws::close_code_for(st), ws::error_reason(st), true, false);
+    return false;
+  }
+  if (!binary) {
+    // Text is checked as it inflates, so an invalid message fails before it is all inflated.
+    if (before == 0) w.utf8.reset();
+    if (w.utf8.feed(std::string_view(w.msg).substr(before)) == ws::Utf8Validator::Status::kInvalid ||
+        (message_end && w.utf8.status() != ws::Utf8Validator::Status::kValid)) {
+      ws_fail(ws::close_code::kInvalidPayload, "invalid UTF-8 in a text message", true, false);
+      return false;
+    }
+  }
+  if (message_end) {
+    ws_deliver(binary, w.msg);
+    w.msg.clear();
+    if (w.msg.capacity() > kKeepMessageCapacity) std::string().swap(w.msg);
+    if (inf.can_release_between_messages()) inf.release();
+  }
+  return true;
 }
 
 void Connection::ws_deliver(bool binary, std::string_view data) noexcept {
