@@ -10,7 +10,7 @@ APT_PACKAGES := build-essential cmake ninja-build libssl-dev libnghttp2-dev zlib
 CPP_BUILD := build/cpp
 SAN_BUILD := build/sanitize
 
-.PHONY: run test deps venv build cpp-test py-test fuzz bench sanitize-test test-pythons clean
+.PHONY: run test deps venv build cpp-test py-test fuzz bench sanitize-test test-pythons conformance clean
 
 run: build
 	$(PY) -m fulmen --host 127.0.0.1 --port 8000 --app-dir examples hello:app
@@ -57,6 +57,11 @@ fuzz: deps
 
 bench: build
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Every Autobahn|Testsuite fuzzing group (kosoku) against the WebSocket echo app; `make test` runs
+# 1-7 and 10 only. The HTML/JSON report lands in build/conformance/autobahn/.
+conformance: build
+	$(PY) tests/conformance/autobahn.py --cases all --report-dir build/conformance/autobahn
 
 clean:
 	rm -rf build
