@@ -539,20 +539,8 @@ TEST(WsHandshake, InvalidHandshakesAreAnsweredByTheEngineAndNeverReachTheApp) {
   EXPECT_EQ(on_loop(loop, [&] { return app.jobs.size(); }), 0u);
 }
 
-// Engine bug, seen only under the sanitizers: Connection::write_simple (connection.cpp) appends its
-// `extra` header lines even when they are the default, empty string_view, whose data() is null, so
-// Buffer::append (buffer.hpp:85) calls memcpy(dst, nullptr, 0): undefined behaviour, which UBSan
-// (-fno-sanitize-recover) turns into an abort of the whole binary. Every write_simple() without
-// extra lines hits it: the engine's 400 for a handshake with a body (connection_ws.cpp:67) and
-// send_simple() (a denial). These tests run in the plain build and are DISABLED in the sanitized
-// one until that is fixed (test_server_async's Async.SimpleResponseFromATaskIsSent aborts there too).
-#if defined(__SANITIZE_ADDRESS__)
-#define UNLESS_SANITIZED(name) DISABLED_##name
-#else
-#define UNLESS_SANITIZED(name) name
-#endif
 
-TEST(WsHandshake, UNLESS_SANITIZED(AHandshakeWithABodyIsRefusedWith400WithoutTheApp)) {
+TEST(WsHandshake, AHandshakeWithABodyIsRefusedWith400WithoutTheApp) {
   WsApp app;
   EventLoop loop(ws_config(), app);
   std::string head = upgrade_request();
@@ -611,7 +599,7 @@ TEST(WsHandshake, WithWebSocketOffAValidHandshakeIsAPlainRequest) {
   EXPECT_TRUE(j.offered.empty());
 }
 
-TEST(WsHandshake, UNLESS_SANITIZED(DenialIsAnOrdinaryResponseAndClosesTheConnection)) {
+TEST(WsHandshake, DenialIsAnOrdinaryResponseAndClosesTheConnection) {
   WsApp app;
   app.open = WsApp::Open::kDeny;
   EventLoop loop(ws_config(), app);
@@ -1241,21 +1229,11 @@ TEST(WsMemory, AfterEchoesSentFromATaskAnIdleWebSocketHoldsNoBuffers) {
   EXPECT_TRUE(idle_and_small(idle_footprint("after echoes from a task", true, echo_three)));
 }
 
-// DISABLED: engine bug (connection_ws.cpp step_ws, "if (in_ && !out_pending()) release_buffers()"):
-// when the app answers from inside on_ws_message, the answer is still queued when step_ws finds
-// the socket drained, so the input buffer (buffer_size + 4 KiB) is not released; drive()'s final
-// flush sends the answer and frees out_, but in_ stays with the idle connection until its next
-// event. Enable once fixed.
-TEST(WsMemory, DISABLED_AfterEchoesSentFromOnMessageAnIdleWebSocketHoldsNoBuffers) {
+TEST(WsMemory, AfterEchoesSentFromOnMessageAnIdleWebSocketHoldsNoBuffers) {
   EXPECT_TRUE(idle_and_small(idle_footprint("after echoes from on_ws_message", false, echo_three)));
 }
 
-// DISABLED: engine bug (connection.cpp queue_parts, the direct-write path: "if (done == total)
-// { out_->clear(); return WriteStatus::kOk; }"): a ws_send of >= kDirectWrite (16 KiB) from a
-// task that the socket takes whole leaves the (empty) output buffer attached to the connection,
-// and nothing runs afterwards to give it back, so the idle WebSocket holds a pooled buffer until
-// its next event. Enable once fixed.
-TEST(WsMemory, DISABLED_AfterALargeSendFromATaskAnIdleWebSocketHoldsNoBuffers) {
+TEST(WsMemory, AfterALargeSendFromATaskAnIdleWebSocketHoldsNoBuffers) {
   EXPECT_TRUE(idle_and_small(idle_footprint("after a 20 KiB echo from a task", true, [](Client& c) {
     std::string m = pattern_string(20 * 1024);
     ASSERT_TRUE(c.send(binary(m)));
@@ -1264,12 +1242,7 @@ TEST(WsMemory, DISABLED_AfterALargeSendFromATaskAnIdleWebSocketHoldsNoBuffers) {
   })));
 }
 
-// DISABLED: engine behaviour against the issue's bound (connection_ws.cpp kKeepMessageCapacity
-// = 64 KiB): the storage of a message the engine gathered (fragmented, or longer than one read)
-// is kept for the next one when it is up to 64 KiB, so an idle connection that once received a
-// 48 KiB fragmented message still holds ~48 KiB. Enable once gathered storage is released (or
-// capped below the budget) when the connection goes idle.
-TEST(WsMemory, DISABLED_AGatheredMessageDoesNotLeaveItsStorageOnAnIdleConnection) {
+TEST(WsMemory, AGatheredMessageDoesNotLeaveItsStorageOnAnIdleConnection) {
   Footprint f = idle_footprint("after a gathered message", false, [](Client& c) {
     // A fragmented 48 KiB message: the engine gathers it in WsState::msg.
     std::string m = pattern_string(48 * 1024);

@@ -81,6 +81,7 @@ class Buffer {
     reserve(want);
   }
   void append(const void* p, size_t n) {
+    if (n == 0) return;  // p may be null (an empty string_view): memcpy must not see it
     ensure_space(n);
     std::memcpy(data_ + end_, p, n);
     end_ += n;

@@ -887,6 +887,8 @@ Exchange::WriteStatus Connection::queue_parts(std::string_view head, const char*
     if (done > 0) progress_ = true;
     if (done == total) {
       out_->clear();
+      // An upgraded connection may now sit idle for hours: it keeps no empty buffer.
+      if (state_ == State::kWebSocket) server_->out_pool().put(std::move(out_));
       return WriteStatus::kOk;
     }
     // Keep the unsent tail, in order, in the output buffer.

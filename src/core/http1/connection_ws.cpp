@@ -242,7 +242,10 @@ bool Connection::step_ws() noexcept {
     if (in_) in_->clear();
     w.pos = 0;
     if (!readable_) {
-      if (in_ && !out_pending()) release_buffers();  // idle: a WebSocket keeps no buffer
+      // Idle: a WebSocket keeps no read buffer and no message storage (the output buffer goes
+      // back as soon as it drains, in flush() and queue_parts()).
+      if (in_) server_->in_pool().put(std::move(in_));
+      if (w.msg.empty() && w.msg.capacity()) std::string().swap(w.msg);  // not mid-message
       return false;
     }
     switch (read_some()) {
