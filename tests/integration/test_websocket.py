@@ -625,6 +625,39 @@ def test_slow_app_stops_the_server_reading(shared_asgi_server):
     assert got["disconnect"]["code"] == 1000
 
 
+def test_ping_flood_from_a_client_that_never_reads_is_bounded(shared_asgi_server, asgi_kind):
+    # Every ping asks for a pong. A client that sends pings and never reads the pongs must not make
+    # the server queue pongs without bound: once its output is over the high-water mark, the server
+    # stops reading, and the client's sends block.
+    if asgi_kind == "uvicorn":
+        # Uvicorn 0.54 (websockets-sansio) keeps reading and queueing pongs: 64 MiB of pings went
+        # in without the socket ever blocking. Fulmen's bound is what this test is for.
+        pytest.skip("Uvicorn queues pongs without bound")
+    srv = shared_asgi_server(APP, access_log=False)
+    ping = frame(PING, b"p" * 125)
+    cap = 64 * MiB  # ~500,000 pings: far beyond any socket buffers
+    with rss_growth(srv.proc.pid) as growth:
+        with open_ws(srv.port, "/echo", rcvbuf=16 * 1024, sndbuf=64 * 1024, timeout=30) as ws:
+            sock = ws.sock
+            sock.setblocking(False)
+            pending, written, blocked = bytearray(), 0, False
+            while written < cap:
+                if not pending:
+                    pending += ping * 64
+                try:
+                    n = sock.send(pending)
+                    del pending[:n]
+                    written += n
+                except BlockingIOError:
+                    _, writable, _ = select.select([], [sock], [], 1.0)
+                    if not writable:
+                        blocked = True
+                        break
+            assert blocked, f"sent {written / MiB:.0f} MiB of pings and the server kept reading them"
+    # Only the socket buffers and the server's output queue hold pongs: a few MiB at most.
+    assert growth.kib < 16 * 1024, f"server RSS grew {growth.kib} KiB under a ping flood"
+
+
 # ---- permessage-deflate (RFC 7692) ----------------------------------------------------------------
 
 

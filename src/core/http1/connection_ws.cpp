@@ -235,6 +235,10 @@ bool Connection::step_ws() noexcept {
   }
   for (;;) {
     if (!w.want && !w.close_sent) return false;  // the app is busy: leave the bytes in the socket
+    // A client that does not read what we send (pongs to its pings, echoes) must not make the
+    // output grow: above the high-water mark, read nothing until it drains (EPOLLOUT brings us
+    // back), as for pipelined HTTP requests.
+    if (out_ && out_->size() > server_->config().output_high_watermark && !flush()) return failed_;
     if (in_ && w.pos < in_->end()) {
       if (ws_feed()) return true;
     }
