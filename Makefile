@@ -51,9 +51,15 @@ test-pythons: deps
 fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DFULMEN_PYTHON=OFF -DFULMEN_FUZZ=ON
 	cmake --build build/fuzz -j $(JOBS)
-	mkdir -p fuzz/corpus/http1
-	build/fuzz/fuzz/fuzz_http1 -max_total_time=$${FUZZ_SECONDS:-60} -artifact_prefix=fuzz/regressions/http1/ \
-	    -dict=fuzz/http1.dict fuzz/corpus/http1 fuzz/seeds/http1
+	@# Each target for FUZZ_SECONDS; one that crashes does not stop the others, make fails at the end.
+	@failed=; for t in http1 ws ws_deflate; do \
+	    mkdir -p fuzz/corpus/$$t; \
+	    dict=; if [ -f fuzz/$$t.dict ]; then dict=-dict=fuzz/$$t.dict; fi; \
+	    echo "build/fuzz/fuzz/fuzz_$$t -max_total_time=$${FUZZ_SECONDS:-60} -artifact_prefix=fuzz/regressions/$$t/ $$dict fuzz/corpus/$$t fuzz/seeds/$$t"; \
+	    build/fuzz/fuzz/fuzz_$$t -max_total_time=$${FUZZ_SECONDS:-60} -artifact_prefix=fuzz/regressions/$$t/ \
+	        $$dict fuzz/corpus/$$t fuzz/seeds/$$t || failed="$$failed fuzz_$$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crash in$$failed (inputs in fuzz/regressions/*/crash-*)"; exit 1; fi
 
 bench: build
 	$(PY) bench/run.py $(BENCH_ARGS)
