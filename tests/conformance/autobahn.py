@@ -90,11 +90,11 @@ UVICORN_LAUNCHER = (
     "sys.argv[0] = 'uvicorn'\n"
     "main()\n"
 )
-# Uvicorn pings every WebSocket every 20 s by default. Autobahn's Case.onPing treats any ping it did
+# Uvicorn and Fulmen ping every WebSocket every 20 s by default. Autobahn's Case.onPing treats any ping it did
 # not ask for as the end of the case (it records it and starts the closing handshake), so each
 # 12.x/13.x case that runs longer than 20 s would be reported FAILED for a keepalive, not for its
 # protocol handling. An interval longer than any case deadline keeps the keepalive out of the run.
-UVICORN_PING_INTERVAL = "3600"
+PING_INTERVAL = "3600"
 
 
 def parse_selection(text: str, known_groups: set[int]) -> tuple[list[int], list[str]]:
@@ -223,9 +223,10 @@ def server_command(kind: str, fd: int, args: argparse.Namespace) -> list[str]:
     if kind == "fulmen":
         # --interface asgi: the app is ASGI; auto-detection is not what this run is about.
         return [sys.executable, "-m", "fulmen", "--fd", str(fd), "--app-dir", str(APPS),
-                "--interface", "asgi", "--no-access-log", *shlex.split(args.fulmen_args), APP_SPEC]
+                "--interface", "asgi", "--no-access-log", "--ws-ping-interval", PING_INTERVAL,
+                *shlex.split(args.fulmen_args), APP_SPEC]
     return [sys.executable, "-c", UVICORN_LAUNCHER, "--fd", str(fd), "--app-dir", str(APPS),
-            "--ws", args.uvicorn_ws, "--ws-ping-interval", UVICORN_PING_INTERVAL, "--no-access-log",
+            "--ws", args.uvicorn_ws, "--ws-ping-interval", PING_INTERVAL, "--no-access-log",
             *shlex.split(args.uvicorn_args), APP_SPEC]
 
 

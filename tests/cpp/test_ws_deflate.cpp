@@ -690,6 +690,32 @@ TEST(WsDeflater, EachMessageStandsAlone) {
   EXPECT_EQ(out, "keep");
 }
 
+// even_if_larger (what the connection uses: every message compressed once the extension is on):
+// messages that do not shrink, and the empty one, still come out as valid permessage-deflate
+// payloads that inflate back exactly, with every window.
+TEST(WsDeflater, EvenIfLargerCompressesEveryMessage) {
+  Deflater d;
+  const std::string cases[] = {"", "a", "Hello", random_bytes(10000), random_bytes(70000),
+                               sample_text(5000, 4)};
+  for (int w = 8; w <= 15; ++w) {
+    for (const std::string& m : cases) {
+      std::string out = "prefix";
+      ASSERT_TRUE(d.compress(m, uint8_t(w), &out, true)) << "window " << w << ", " << m.size() << " bytes";
+      ASSERT_EQ(out.compare(0, 6, "prefix"), 0);
+      std::string payload = out.substr(6);
+      if (m.empty()) EXPECT_EQ(payload, std::string(1, '\0')) << "7.2.3.6";
+      std::string back;
+      ASSERT_TRUE(oracle_inflate(payload, w == 8 ? 9 : w, &back)) << "window " << w << ", " << m.size();
+      EXPECT_TRUE(back == m) << "window " << w << ", " << m.size() << " bytes";
+      // And through our own Inflater, as a client with that window would.
+      Inflater inf(uint8_t(w == 8 ? 9 : w), true);
+      Inflated r = inflate_pieces(inf, payload);
+      ASSERT_EQ(r.status, Status::kOk);
+      EXPECT_TRUE(r.data == m);
+    }
+  }
+}
+
 TEST(WsDeflater, UncompressedWhenItWouldNotShrink) {
   Deflater d;
   std::string out = "prefix";

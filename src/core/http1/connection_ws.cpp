@@ -25,9 +25,6 @@ namespace {
 // A gathered message's storage is kept for the next one up to this size, and freed beyond it,
 // so one large message does not pin its memory to an idle connection.
 constexpr size_t kKeepMessageCapacity = 64 * 1024;
-// With permessage-deflate, messages shorter than this go out uncompressed (RFC 7692 lets every
-// message choose): DEFLATE's block overhead and the CPU cost buy nothing on a few bytes.
-constexpr size_t kMinCompress = 64;
 
 bool bad_value_byte(unsigned char c) noexcept { return c == '\r' || c == '\n' || c == 0; }
 }  // namespace
@@ -180,11 +177,13 @@ Exchange::StartError Connection::ws_accept(std::string_view subprotocol, const H
 Exchange::WriteStatus Connection::ws_send(bool binary, const char* data, size_t n) noexcept {
   if (state_ != State::kWebSocket || failed_ || ws_->close_sent) return WriteStatus::kError;
   ws::Opcode op = binary ? ws::Opcode::kBinary : ws::Opcode::kText;
-  if (ws_->deflate && n >= kMinCompress) {
+  if (ws_->deflate) {
+    // Every message is compressed once the extension is on, as browsers and most servers do:
+    // some clients mishandle the uncompressed messages RFC 7692 allows.
     std::string& out = server_->ws_deflate_out();
     out.clear();
     if (server_->ws_deflater().compress(std::string_view(data, n),
-                                        ws_->deflate_params.server_max_window_bits, &out)) {
+                                        ws_->deflate_params.server_max_window_bits, &out, true)) {
       ws::FrameHead head = ws::make_frame_header(op, out.size(), true, true);
       WriteStatus st = queue_parts(head.view(), out.data(), out.size(), {});
       if (out.capacity() > kKeepMessageCapacity) std::string().swap(out);

@@ -455,9 +455,19 @@ z_stream* Deflater::stream_for(uint8_t window_bits) noexcept {
   return z;
 }
 
-bool Deflater::compress(std::string_view in, uint8_t window_bits, std::string* out) noexcept {
-  // The empty message compresses to one byte (7.2.3.6): sent as is, it is zero.
-  if (in.empty() || window_bits < kMinWindowBits || window_bits > kMaxWindowBits) return false;
+bool Deflater::compress(std::string_view in, uint8_t window_bits, std::string* out,
+                        bool even_if_larger) noexcept {
+  if (window_bits < kMinWindowBits || window_bits > kMaxWindowBits) return false;
+  if (in.empty()) {
+    // The empty message compresses to one byte (7.2.3.6): sent as is, it is zero.
+    if (!even_if_larger) return false;
+    try {
+      out->push_back('\0');
+    } catch (...) {
+      return false;
+    }
+    return true;
+  }
   // Room for the compressed data only while it stays smaller than the message: a message that
   // does not shrink is not worth the client's inflate, and we learn it without a second pass.
   // Past 2 GiB zlib's 32-bit counters would need chunking; such messages go as they are.
@@ -466,7 +476,10 @@ bool Deflater::compress(std::string_view in, uint8_t window_bits, std::string* o
   z_stream* z = stream_for(window8 ? 9 : window_for_size(in.size(), window_bits));
   if (!z) return false;
   const size_t old = out->size();
-  const size_t room = in.size() + sizeof kTail;
+  // deflateBound() is for a finished stream; a sync flush adds its empty stored block (5 bytes),
+  // and window 8 a full flush (5 bytes) per chunk.
+  const size_t room = even_if_larger ? deflateBound(z, uLong(in.size())) + 16 + 5 * (in.size() / kWindow8Chunk + 1)
+                                     : in.size() + sizeof kTail;
   try {
     out->resize(old + room);
   } catch (...) {
@@ -493,7 +506,7 @@ bool Deflater::compress(std::string_view in, uint8_t window_bits, std::string* o
   const size_t produced = room - z->avail_out;
   // The sync flush ends with an empty stored block whose last four bytes are the tail; the
   // payload must also be smaller than the message (see above).
-  ok = ok && produced >= sizeof kTail && produced - sizeof kTail < in.size() &&
+  ok = ok && produced >= sizeof kTail && (even_if_larger || produced - sizeof kTail < in.size()) &&
        std::memcmp(out->data() + old + produced - sizeof kTail, kTail, sizeof kTail) == 0;
   // Every message starts from an empty window (server_no_context_takeover).
   deflateReset(z);

@@ -208,7 +208,13 @@ class Deflater {
   // with a full flush every 256 input bytes; zlib documents that decompression can restart after
   // a full flush, so no match reaches back past one, and no match in 256 bytes can reach back
   // more than 255.
-  bool compress(std::string_view in, uint8_t window_bits, std::string* out) noexcept;
+  //
+  // even_if_larger: compress every message, the empty one (0x00) and those that do not shrink
+  // included. Some clients handle only compressed messages well once the extension is on (the
+  // Autobahn client kosoku 0.1.0 mishandles uncompressed ones), and most servers and browsers
+  // compress every message; false is for callers that prefer the smaller form.
+  bool compress(std::string_view in, uint8_t window_bits, std::string* out,
+                bool even_if_larger = false) noexcept;
 
   // Frees every zlib stream (e.g. when the worker goes idle); the next compress() recreates one.
   void release() noexcept;
