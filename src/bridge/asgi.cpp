@@ -408,12 +408,10 @@ PyObject* send_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject*
     return ready_none;
   }
   if (ws == Exchange::WriteStatus::kPause) {
-    // The socket is full: this send() completes when the engine drained the queue.
-    PyObject* fut = future(c);
-    if (!fut) return nullptr;
-    Py_INCREF(fut);
-    Py_XSETREF(c->send_future, fut);
-    return fut;
+    // The socket is full: this send() completes when the engine drained the queue. Concurrent
+    // sends (from several tasks) share the one future, so none is left waiting.
+    if (!c->send_future && !(c->send_future = future(c))) return nullptr;
+    return Py_NewRef(c->send_future);
   }
   Py_INCREF(ready_none);
   return ready_none;

@@ -105,6 +105,18 @@ void detach(WsCall* c) noexcept {
 
 Py_ssize_t queued(const WsCall* c) noexcept { return c->queue ? PyList_GET_SIZE(c->queue) - c->head : 0; }
 
+// Below both bounds: the engine may read another message for this connection.
+bool has_room(const WsCall* c) noexcept {
+  return queued(c) < kMaxQueued && c->queued_bytes < kMaxQueuedBytes;
+}
+
+// What a queued message counts against kMaxQueuedBytes: its payload's size in bytes (for text,
+// the UTF-8 length CPython caches for ASCII, else the character count times the kind's width).
+size_t payload_size(PyObject* payload) noexcept {
+  if (PyBytes_Check(payload)) return size_t(PyBytes_GET_SIZE(payload));
+  return size_t(PyUnicode_GET_LENGTH(payload)) * size_t(PyUnicode_KIND(payload));
+}
+
 // receive()
 PyObject* ws_receive(PyObject* o, PyObject* const*, size_t nargsf, PyObject* kwnames) {
   auto* c = reinterpret_cast<WsCall*>(o);
@@ -128,19 +140,15 @@ PyObject* ws_receive(PyObject* o, PyObject* const*, size_t nargsf, PyObject* kwn
     PyObject* payload = PyDict_GetItemWithError(msg, N->bytes.get());
     if (!payload && !PyErr_Occurred()) payload = PyDict_GetItemWithError(msg, N->text.get());
     PyErr_Clear();
-    if (payload) {
-      // For text this counts characters, not the UTF-8 bytes that were added: close enough for a
-      // bound, and the count restarts at 0 whenever the queue empties.
-      size_t n = size_t(PyBytes_Check(payload) ? PyBytes_GET_SIZE(payload) : PyUnicode_GET_LENGTH(payload));
-      c->queued_bytes -= std::min(c->queued_bytes, n);
-    }
-    if (queued(c) == 0) {
-      // Empty again: reuse the list from its start.
-      if (PyList_SetSlice(c->queue, 0, PyList_GET_SIZE(c->queue), nullptr) < 0) PyErr_Clear();
+    if (payload) c->queued_bytes -= std::min(c->queued_bytes, payload_size(payload));
+    if (queued(c) == 0 || c->head >= kMaxQueued) {
+      // Drop the consumed slots (the list never holds more than kMaxQueued live messages plus
+      // this many spent ones, however long the queue stays non-empty).
+      if (PyList_SetSlice(c->queue, 0, c->head, nullptr) < 0) PyErr_Clear();
       c->head = 0;
-      c->queued_bytes = 0;
+      if (queued(c) == 0) c->queued_bytes = 0;
     }
-    if (!c->reading && c->ex && !c->peer_closed && !c->closed) {
+    if (!c->reading && c->ex && !c->peer_closed && !c->closed && has_room(c)) {
       c->reading = true;
       c->ex->ws_want(true);  // room again
     }
@@ -174,6 +182,17 @@ PyObject* client_disconnected() {
 
 // Looks up key in msg: borrowed, or null (absent, or an error is set: check PyErr_Occurred).
 PyObject* get(PyObject* msg, const Ref& key) noexcept { return PyDict_GetItemWithError(msg, key.get()); }
+
+// The future a send() waits on while the socket drains (new reference). Sends from several tasks
+// at once (a broadcaster and a reader, gather()) all wait on the same one: every one of them
+// completes when the queue drained.
+PyObject* drain_future(WsCall* c) {
+  if (!c->send_future) {
+    c->send_future = PyObject_CallNoArgs(c->h->create_future.get());
+    if (!c->send_future) return nullptr;
+  }
+  return Py_NewRef(c->send_future);
+}
 
 PyObject* send_accept(WsCall* c, PyObject* msg) {
   PyObject* proto = get(msg, N->subprotocol);
@@ -216,14 +235,16 @@ PyObject* send_message(WsCall* c, PyObject* msg) {
   PyObject* data = get(msg, N->bytes);
   if (!data && PyErr_Occurred()) return nullptr;
   bool binary = data && data != Py_None;
-  if (!binary) {
-    data = get(msg, N->text);
-    if (!data && PyErr_Occurred()) return nullptr;
-    if (!data || data == Py_None) {
-      PyErr_SetString(PyExc_TypeError, "websocket.send needs 'bytes' or 'text'");
-      return nullptr;
-    }
+  PyObject* text = get(msg, N->text);
+  if (!text && PyErr_Occurred()) return nullptr;
+  bool has_text = text && text != Py_None;
+  if (binary == has_text) {
+    // The ASGI spec: exactly one of them is not None.
+    PyErr_SetString(PyExc_TypeError, binary ? "websocket.send takes 'bytes' or 'text', not both"
+                                            : "websocket.send needs 'bytes' or 'text'");
+    return nullptr;
   }
+  if (!binary) data = text;
   if (c->peer_closed || !c->ex) return client_disconnected();
   Exchange::WriteStatus st;
   if (binary) {
@@ -249,13 +270,7 @@ PyObject* send_message(WsCall* c, PyObject* msg) {
     if (!c->peer_closed) set_closed(c, ws::close_code::kAbnormal, {});
     return client_disconnected();
   }
-  if (st == Exchange::WriteStatus::kPause) {
-    // The socket is full: this send() completes when the engine drained the queue.
-    PyObject* fut = PyObject_CallNoArgs(c->h->create_future.get());
-    if (!fut) return nullptr;
-    Py_XSETREF(c->send_future, Py_NewRef(fut));
-    return fut;
-  }
+  if (st == Exchange::WriteStatus::kPause) return drain_future(c);
   return ready_none();
 }
 
@@ -288,7 +303,10 @@ PyObject* send_close(WsCall* c, PyObject* msg) {
     // Closing before accepting denies the handshake: HTTP 403 (the ASGI spec).
     c->closed = true;
     c->close_code = int(code);
-    if (c->ex && !c->peer_closed) c->ex->send_simple(403, "", true);
+    if (c->ex) {
+      if (c->peer_closed) c->ex->abort();  // nobody to answer: just close
+      else c->ex->send_simple(403, "", true);
+    }
     detach(c);
     return ready_none();
   }
@@ -359,12 +377,7 @@ PyObject* send_response(WsCall* c, PyObject* msg, bool start) {
     detach(c);
     return ready_none();
   }
-  if (st == Exchange::WriteStatus::kPause && c->ex) {
-    PyObject* fut = PyObject_CallNoArgs(c->h->create_future.get());
-    if (!fut) return nullptr;
-    Py_XSETREF(c->send_future, Py_NewRef(fut));
-    return fut;
-  }
+  if (st == Exchange::WriteStatus::kPause && c->ex) return drain_future(c);
   return ready_none();
 }
 
@@ -588,6 +601,7 @@ void ws_on_request(AsgiHandler::Impl& im, Exchange& ex) noexcept {
 void ws_on_message(AsgiHandler::Impl& im, Exchange& ex, bool binary, std::string_view data) noexcept {
   WsCall* c = call_of(ex);
   if (!c) return;
+  Ref keep = Ref::borrow(reinterpret_cast<PyObject*>(c));  // Python may run inside resolve()
   Ref payload = Ref::steal(binary ? PyBytes_FromStringAndSize(data.data(), Py_ssize_t(data.size()))
                                   : PyUnicode_DecodeUTF8(data.data(), Py_ssize_t(data.size()), nullptr));
   Ref msg = payload ? Ref::steal(PyDict_New()) : Ref();
@@ -605,19 +619,15 @@ void ws_on_message(AsgiHandler::Impl& im, Exchange& ex, bool binary, std::string
     resolve(c, &c->recv_future, msg.get());
     return;
   }
-  if (!c->queue) {
-    c->queue = PyList_New(0);
-    if (!c->queue) {
-      im.outer->log_exception("Error queueing a WebSocket message");
-      return;
-    }
-  }
-  if (PyList_Append(c->queue, msg.get()) < 0) {
+  if ((!c->queue && !(c->queue = PyList_New(0))) || PyList_Append(c->queue, msg.get()) < 0) {
+    // Out of memory: the message cannot be kept, so the connection cannot go on correctly.
     im.outer->log_exception("Error queueing a WebSocket message");
+    ex.ws_close(ws::close_code::kInternalError, {});
+    set_closed(c, ws::close_code::kInternalError, {});
     return;
   }
-  c->queued_bytes += data.size();
-  if (queued(c) >= kMaxQueued || c->queued_bytes >= kMaxQueuedBytes) {
+  c->queued_bytes += payload_size(payload.get());
+  if (!has_room(c)) {
     c->reading = false;
     ex.ws_want(false);  // the app is behind: let TCP hold the client back
   }
@@ -626,6 +636,7 @@ void ws_on_message(AsgiHandler::Impl& im, Exchange& ex, bool binary, std::string
 void ws_on_closed(AsgiHandler::Impl& im, Exchange& ex, uint16_t code, std::string_view reason) noexcept {
   WsCall* c = call_of(ex);
   if (!c) return;
+  Ref keep = Ref::borrow(reinterpret_cast<PyObject*>(c));  // Python may run inside resolve()
   set_closed(c, code, reason);
   c->reading = false;
   if (c->recv_future && queued(c) == 0) {

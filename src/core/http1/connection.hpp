@@ -137,6 +137,7 @@ class Connection final : public net::IoHandler, public Exchange {
   void ws_app_done() noexcept;
   void ws_deliver(bool binary, std::string_view data) noexcept;
   bool ws_inflate(std::string_view piece, bool message_end, bool binary) noexcept;
+  bool ws_gather(std::string_view piece) noexcept;
 
   Server* server_;
   int fd_ = -1;

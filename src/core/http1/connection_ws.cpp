@@ -25,6 +25,8 @@ namespace {
 // A gathered message's storage is kept for the next one up to this size, and freed beyond it,
 // so one large message does not pin its memory to an idle connection.
 constexpr size_t kKeepMessageCapacity = 64 * 1024;
+// Reads (of up to a buffer each, 68 KiB by default) one connection gets per loop step.
+constexpr int kReadsPerStep = 16;
 
 bool bad_value_byte(unsigned char c) noexcept { return c == '\r' || c == '\n' || c == 0; }
 }  // namespace
@@ -223,6 +225,7 @@ void Connection::ws_app_done() noexcept {
 
 bool Connection::step_ws() noexcept {
   WsState& w = *ws_;
+  int reads = 0;
   if (paused_) {
     // The app waits for its last send to drain.
     if (flush()) {
@@ -251,6 +254,16 @@ bool Connection::step_ws() noexcept {
       if (w.msg.empty() && w.msg.capacity()) std::string().swap(w.msg);  // not mid-message
       return false;
     }
+    if (reads == kReadsPerStep) {
+      // Fairness: one busy client (a flood of pings or empty fragments never reaches the app's
+      // bound) must not hold the loop; the rest is read on a later step.
+      if (!deferred_) {
+        deferred_ = true;
+        server_->defer(this);
+      }
+      return false;
+    }
+    ++reads;
     switch (read_some()) {
       case ReadResult::kGot:
       case ReadResult::kAgain:
@@ -292,7 +305,7 @@ bool Connection::ws_feed() noexcept {
         if (r.message_end && w.msg.empty()) {
           ws_deliver(binary, r.payload);  // the whole message is this one piece: no copy
         } else {
-          w.msg.append(r.payload);
+          if (!ws_gather(r.payload)) return true;
           if (r.message_end) {
             ws_deliver(binary, w.msg);
             w.msg.clear();
@@ -341,6 +354,18 @@ bool Connection::ws_inflate(std::string_view piece, bool message_end, bool binar
     if (inf.can_release_between_messages()) inf.release();
   }
   return true;
+}
+
+// Appends to the message being gathered; out of memory fails this connection (1011), not the
+// worker.
+bool Connection::ws_gather(std::string_view piece) noexcept {
+  try {
+    ws_->msg.append(piece);
+    return true;
+  } catch (...) {
+    ws_fail(ws::close_code::kInternalError, "out of memory", true, false);
+    return false;
+  }
 }
 
 void Connection::ws_deliver(bool binary, std::string_view data) noexcept {
@@ -429,6 +454,12 @@ void Connection::arm_ws_timer(int64_t now) noexcept {
   net::TimerList* list;
   if (w.close_sent) {
     list = &server_->ws_close_timers();
+  } else if (out_pending()) {
+    // Output waits for the client: a client that stops reading is dropped after the same stall
+    // time as an HTTP one (re-armed only on progress), pings or no pings. (A ping could not get
+    // through anyway.)
+    if (progress_ || timer.list != &server_->io_timers()) server_->io_timers().arm(timer, now);
+    return;
   } else if (cfg.ws_ping_interval_ms <= 0) {
     net::TimerList::disarm(timer);
     return;
