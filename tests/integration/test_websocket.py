@@ -24,7 +24,9 @@ import os
 import re
 import select
 import signal
+import socket
 import struct
+import threading
 import time
 import uuid
 import zlib
@@ -716,3 +718,195 @@ def test_fastapi_websocket_route(shared_asgi_server):
         for text in ("one", "two", "\u00e9t\u00e9"):
             ws.send(text)
             assert ws.recv(timeout=10) == "fastapi: " + text
+
+
+# ---- regressions from the review ------------------------------------------------------------------
+#
+# Each of these failed before commit 7065f59 (checked against a build of its parent).
+
+
+def test_denial_after_the_client_left_closes_the_connection(srv):
+    # The app awaits receive() before accepting, which returns only once the client has gone,
+    # then denies the handshake (websocket.close). Nobody is left to get the 403, but the server
+    # must still close its end: it used to keep the socket in CLOSE_WAIT until shutdown (which
+    # then waited the whole graceful timeout for it).
+    key = new_id()
+    with raw_connect(srv.port) as sock:
+        sock.sendall(upgrade_request(f"/deny-after-disconnect?key={key}"))
+        wait_result(srv, key)  # the app has the connect and waits in receive()
+        sock.shutdown(socket.SHUT_WR)  # the client leaves (its FIN; it still reads)
+        start = time.monotonic()
+        try:
+            data = Reader(sock).read_until_eof(timeout=5)
+        except TimeoutError:
+            pytest.fail("the server never closed a connection whose denial had nobody to answer")
+        except ConnectionResetError:
+            data = b""  # an abort (RST) is a close too
+        assert time.monotonic() - start < 5
+    # Nothing, or a denial nobody reads: never a 101.
+    assert data == b"" or data.startswith(b"HTTP/1.1 403"), data[:200]
+    got = wait_result(srv, key, done=lambda r: r is not None and (r["closed"] or "error" in r))
+    assert got["message"]["type"] == "websocket.disconnect", got
+    # Fulmen takes the close quietly (there is nothing left to deny); Uvicorn raises its
+    # ClientDisconnected, an OSError, as ASGI allows for a send on a closed connection.
+    assert got["closed"] or got.get("oserror"), got
+
+
+def test_two_sends_paused_at_once_both_complete(srv):
+    # gather(send(big), send(big)) to a client that reads nothing yet: both sends wait for the
+    # socket to drain. The second used to replace the first's future, which never completed.
+    key, size = new_id(), 8 * MiB  # far beyond the socket buffers: the first send pauses
+    with open_ws(srv.port, f"/two-sends?key={key}&size={size}", rcvbuf=65536, timeout=30) as ws:
+        wait_result(srv, key)  # both sends issued (gather starts them together)
+        got = result(srv, key)
+        assert len(got["done"]) < 2, "the client read nothing, yet both 8 MiB sends returned"
+        # Now read everything: both messages whole, then the app's close (sent after the gather).
+        seen = []
+        for _ in range(2):
+            opcode, data = ws.recv_message(timeout=30)
+            assert opcode == BINARY and len(data) == size, (opcode, len(data))
+            assert data[8:] == b"t" * (size - 8)
+            seen.append(struct.unpack("!Q", data[:8])[0])
+        assert sorted(seen) == [0, 1]
+        assert ws.recv_close(timeout=10)[0] == 1000, "the gather never finished: a send did not complete"
+    assert sorted(result(srv, key)["done"]) == [0, 1]
+
+
+def test_slow_receiver_keeps_the_read_ahead_bounded(asgi_server, asgi_kind):
+    # The read-ahead queue holds at most 32 messages and ~1 MiB. 31 tiny messages then large ones
+    # fill it; the app then receives the tiny ones one by one, slowly. Each receive() used to let
+    # the server read one more large message (whatever the bytes already queued): 31 x 2 MiB
+    # piled up. Now the server stays stopped while the queued bytes are over the bound.
+    srv = asgi_server(APP, access_log=False)  # its own process: a clean RSS baseline
+    key, tiny, large, big = new_id(), 31, 24, 2 * MiB
+    frames = [frame(BINARY, struct.pack("!Q", i)) for i in range(tiny)]
+    filler = b"L" * (big - 8)
+    frames += [frame(BINARY, struct.pack("!Q", i) + filler) for i in range(tiny, tiny + large)]
+    wire = b"".join(frames)
+    del frames
+    with rss_growth(srv.proc.pid) as growth:
+        with open_ws(srv.port, f"/receive-steps?key={key}&first={tiny}&delay=0.05", sndbuf=65536,
+                     timeout=60) as ws:
+            wait_result(srv, key)  # accepted; not receiving until released
+            writer = _Writer(ws.sock, wire)
+            # The server reads the 31 tiny messages and about one large one, then stops: the
+            # client's writes block (it would have written all 48 MiB within a second otherwise).
+            stalled_at = writer.wait_stalled()
+            assert stalled_at < len(wire) // 2, f"wrote {stalled_at / MiB:.0f} MiB to an app that receives nothing"
+            # The app receives the 31 tiny messages, 50 ms apart, and stops again.
+            assert srv.request("GET", f"/release?key={key}")[0] == 200
+            wait_result(srv, key, done=lambda r: r["paused"], timeout=20)
+            now = writer.wait_stalled()
+            # Fulmen reads nothing more (the queued bytes stay over the bound until the large
+            # message is received). Uvicorn bounds its read-ahead by messages only and reads a
+            # couple more large ones (3 to 5 MiB); before the fix Fulmen read 45 MiB here.
+            limit = 8 * MiB if asgi_kind == "uvicorn" else big // 2
+            read_on = now - stalled_at
+            assert read_on < limit, (f"the server read {read_on / MiB:.1f} MiB more while the app "
+                                     f"received {tiny} tiny messages: the read-ahead queue is not bounded")
+            # Let it receive the rest: everything arrives, whole and in order.
+            assert srv.request("GET", f"/release?key={key}/rest")[0] == 200
+            assert writer.join(30), "the client could not send everything once the app received"
+            ws.close(1000)
+            assert ws.recv_close(timeout=30)[0] == 1000
+    got = wait_result(srv, key, done=lambda r: r is not None and "disconnect" in r, timeout=30)
+    assert (got["count"], got["in_order"]) == (tiny + large, True), got
+    assert got["bytes"] == tiny * 8 + large * big, got
+    assert growth.kib < 40 * 1024, f"server RSS grew {growth.kib / 1024:.0f} MiB"
+
+
+class _Writer:
+    """Writes `data` to a socket on a thread, in 64 KiB pieces, counting what the kernel took."""
+
+    def __init__(self, sock, data: bytes) -> None:
+        self.sock, self.data, self.written, self.error = sock, memoryview(data), 0, None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while self.written < len(self.data):
+                self.written += self.sock.send(self.data[self.written:self.written + 65536])
+        except OSError as exc:  # the test closed the socket, or the send timed out
+            self.error = exc
+
+    def wait_stalled(self, quiet: float = 0.5, timeout: float = 20) -> int:
+        """Waits until no byte was written for `quiet` seconds (the peer stopped reading) or
+        everything was; returns the bytes written so far."""
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.written
+            if not self.thread.is_alive():
+                if self.error is None:
+                    return now  # all of it: nothing held the client back
+                break
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return now
+            time.sleep(0.02)
+        raise AssertionError(f"the writes never stalled ({self.written / MiB:.1f} MiB written, error {self.error})")
+
+    def join(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive() and self.error is None and self.written == len(self.data)
+
+
+def test_send_with_both_bytes_and_text_is_a_type_error(srv, asgi_kind):
+    # The ASGI spec: exactly one of 'bytes' and 'text' is not None. Fulmen used to send the bytes.
+    key = new_id()
+    with connect(srv, f"/send-both?key={key}") as ws:
+        if asgi_kind == "uvicorn":
+            # Uvicorn 0.54 does what Fulmen did: sends the bytes and ignores the text.
+            assert ws.recv(timeout=10) == b"b"
+            assert closed_with(ws)[0] == 1000
+            assert wait_result(srv, key) == {"error": None}
+            return
+        assert closed_with(ws)[0] == 1000  # nothing sent; the connection goes on (to the app's close)
+    got = wait_result(srv, key)
+    assert got["error"] == "TypeError", got
+
+
+def test_a_frame_flood_does_not_starve_other_clients(srv, asgi_kind):
+    # Two clients flood empty continuation frames (a message that never ends and never reaches the
+    # app's bound) as fast as they can. The server must still serve others: it used to read such a
+    # client until its socket was empty, which under a flood was never (an HTTP request waited
+    # for the flood to end).
+    if asgi_kind == "uvicorn":
+        # Uvicorn 0.54 starves too: HTTP requests took 1.5 to 10 s under this flood.
+        pytest.skip("Uvicorn does not keep other clients served under a frame flood")
+    start_frame = frame(BINARY, b"start", fin=False)
+    chunk = frame(CONT, b"", fin=False) * 200_000  # 1.2 MB of 6-byte frames
+    stop = threading.Event()
+    flooded = [0, 0]
+
+    def flood(ws, i: int) -> None:
+        deadline = time.monotonic() + 6  # bounded, whatever happens to the test
+        try:
+            ws.send(start_frame)
+            while not stop.is_set() and time.monotonic() < deadline:
+                ws.send(chunk)
+                flooded[i] += len(chunk)
+        except OSError:
+            pass
+
+    with open_ws(srv.port, "/echo") as ws1, open_ws(srv.port, "/echo") as ws2:
+        threads = [threading.Thread(target=flood, args=(ws, i), daemon=True) for i, ws in enumerate((ws1, ws2))]
+        for thread in threads:
+            thread.start()
+        try:
+            assert wait_until(lambda: sum(flooded) >= 4 * MiB, timeout=5), "the flood did not get going"
+            latencies = []
+            for _ in range(3):
+                t0 = time.monotonic()
+                status, _, _ = srv.request("GET", "/results?key=none", timeout=10)
+                latencies.append(time.monotonic() - t0)
+                assert status == 200
+            flooding = all(thread.is_alive() for thread in threads)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+    assert max(latencies) < 1.0, f"HTTP latencies under a frame flood: {latencies}"
+    assert flooding, "the flood ended before the requests did: nothing was measured"

@@ -207,6 +207,65 @@ async def websocket(scope, receive, send):
         message = await receive()
         print(f"asgi_ws: {message['type']} {message.get('code')}", flush=True)
 
+    elif path == "/deny-after-disconnect":
+        # Before accepting, receive() returns only once the client is gone; the app then denies
+        # the handshake anyway (websocket.close): there is nobody to answer, but the server must
+        # still close the connection.
+        state = RESULTS[key] = {"message": None, "closed": False}
+        state["message"] = await receive()
+        try:
+            await send({"type": "websocket.close"})
+            state["closed"] = True
+        except Exception as exc:
+            state.update(error_info(exc))
+
+    elif path == "/two-sends":
+        # Two sends of `size` bytes at once (two tasks): when the client reads slowly both wait
+        # for the socket to drain, and both must complete. RESULTS lists the ones that returned.
+        await accept(send, q)
+        size = int(q["size"])
+        state = RESULTS[key] = {"started": True, "done": []}
+
+        async def one(i: int) -> None:
+            await send({"type": "websocket.send", "bytes": struct.pack("!Q", i) + b"t" * (size - 8)})
+            state["done"].append(i)
+
+        await asyncio.gather(one(0), one(1))
+        await send({"type": "websocket.close", "code": 1000})
+
+    elif path == "/receive-steps":
+        # A slow receiver: after GET /release?key=K it receives `first` messages `delay` seconds
+        # apart (its own pace), reports {"paused": True} and waits for GET /release?key=K/rest
+        # before receiving the rest at full speed. Binary messages are numbered (0, 1, ...).
+        await accept(send, q)
+        first, delay = int(q["first"]), float(q["delay"])
+        state = RESULTS[key] = {"count": 0, "in_order": True, "bytes": 0, "paused": False}
+        await flag(key).wait()
+        while True:
+            if state["count"] == first and not state["paused"]:
+                state["paused"] = True
+                await flag(key + "/rest").wait()
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                state["disconnect"] = message
+                return
+            data = message["bytes"]
+            state["in_order"] = state["in_order"] and struct.unpack("!Q", data[:8])[0] == state["count"]
+            state["count"] += 1
+            state["bytes"] += len(data)
+            if state["count"] < first:
+                await asyncio.sleep(delay)
+
+    elif path == "/send-both":
+        # websocket.send with both 'bytes' and 'text': the ASGI spec says exactly one is set.
+        await accept(send, q)
+        try:
+            await send({"type": "websocket.send", "bytes": b"b", "text": "t"})
+            RESULTS[key] = {"error": None}
+        except Exception as exc:
+            RESULTS[key] = error_info(exc)
+        await send({"type": "websocket.close", "code": 1000})
+
     else:
         await send({"type": "websocket.close", "code": 4404})
 
