@@ -83,10 +83,7 @@ class Chromium:
         if binary is None:
             pytest.fail("chromium is not installed: `make deps` installs it (the Debian package "
                         "chromium, in the Makefile's APT_PACKAGES; CI installs it the same way)")
-        # The browser is a tool here, not under test: the sanitizer run's LD_PRELOAD and options
-        # are for the server and must not reach it; HOME and XDG dirs go to the throwaway profile.
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+        env = browser_env()  # HOME and XDG dirs go to the throwaway profile
         env.update(HOME=str(profile), XDG_CONFIG_HOME=str(profile / "config"),
                    XDG_CACHE_HOME=str(profile / "cache"))
         self.log = log
@@ -138,11 +135,17 @@ def shortened(value):
     return value
 
 
+def browser_env() -> dict[str, str]:
+    """Our environment without the sanitizer run's LD_PRELOAD and options: the browser is a tool
+    here, not under test, and with libasan preloaded Chromium hangs (even for --version)."""
+    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+
+
 def chromium_version() -> str:
     binary = shutil.which("chromium")
     if binary is None:
         return "not installed"
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, env=browser_env())
     return out.stdout.strip()
 
 
