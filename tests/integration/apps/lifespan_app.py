@@ -12,9 +12,15 @@ import sys
 def _mark(event):
     print(f"lifespan_app: {event} ran", file=sys.stderr, flush=True)
     path = os.environ.get("FULMEN_TEST_MARKER")
-    if path:
-        with open(path, "a") as f:
-            f.write(event + "\n")
+    if path:  # written whole and renamed into place: the tests poll for the file, then read it
+        try:
+            with open(path) as f:
+                before = f.read()
+        except FileNotFoundError:
+            before = ""
+        with open(path + ".tmp", "w") as f:
+            f.write(before + event + "\n")
+        os.replace(path + ".tmp", path)
 
 
 async def _http(scope, receive, send):

@@ -7,7 +7,9 @@ got, whether close() ran) write it to a file named by the `state` query paramete
 import hashlib
 import io
 import json
+import os
 import sys
+import threading
 import time
 from urllib.parse import parse_qs
 
@@ -24,9 +26,22 @@ def _send(start_response, body, status="200 OK", ctype="text/plain", length=True
     return [body]
 
 
-def _mark(path, text):
-    with open(path, "a") as f:
+def _write_atomically(path, text):
+    """Tests poll these files with exists() then read them: a file must never be seen half-written."""
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "w") as f:
         f.write(text)
+    os.replace(tmp, path)
+
+
+def _mark(path, text):
+    """Appends `text` (the tests' writers of one file never run concurrently)."""
+    try:
+        with open(path) as f:
+            text = f.read() + text
+    except FileNotFoundError:
+        pass
+    _write_atomically(path, text)
 
 
 class Closing:
@@ -71,8 +86,7 @@ def big(environ, start_response, q):
 
     def gen():
         for i in range(total):
-            with open(state, "w") as f:
-                f.write(str(i + 1))
+            _write_atomically(state, str(i + 1))
             yield block
 
     headers = [("Content-Type", "application/octet-stream")]
