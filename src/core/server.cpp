@@ -17,6 +17,7 @@
 #include <cstring>
 #include <string>
 
+#include "core/base/allocator.hpp"
 #include "core/http1/connection.hpp"
 
 namespace fulmen {
@@ -168,6 +169,7 @@ int Server::run(net::LoopHooks* loop_hooks) noexcept {
 
 int Server::start(net::LoopHooks* loop_hooks) noexcept {
   loop_hooks_ = loop_hooks;
+  base::tune_allocator();  // this process is now a server: see allocator.hpp
   int err = start_listening();
   if (err) finish_run();  // app threads waiting in pool_take() must be released even now
   return err;
