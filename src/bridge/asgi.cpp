@@ -830,6 +830,11 @@ void AsgiHandler::on_ws_message(Exchange& ex, bool binary, std::string_view data
   ws_on_message(*impl_, ex, binary, data);
 }
 
+void AsgiHandler::on_ws_masked_message(Exchange& ex, char* data, size_t n, const uint8_t key[4],
+                                       size_t phase) noexcept {
+  ws_on_masked_message(*impl_, ex, data, n, key, phase);
+}
+
 void AsgiHandler::on_ws_closed(Exchange& ex, uint16_t code, std::string_view reason) noexcept {
   ws_on_closed(*impl_, ex, code, reason);
 }

@@ -39,6 +39,8 @@ class AsgiHandler final : public PyHandler {
   void on_body_ready(http1::Exchange& ex) noexcept override;
   void on_disconnect(http1::Exchange& ex) noexcept override;
   void on_ws_message(http1::Exchange& ex, bool binary, std::string_view data) noexcept override;
+  void on_ws_masked_message(http1::Exchange& ex, char* data, size_t n, const uint8_t key[4],
+                            size_t phase) noexcept override;
   void on_ws_closed(http1::Exchange& ex, uint16_t code, std::string_view reason) noexcept override;
 
   struct Impl;

@@ -56,6 +56,8 @@ void ws_on_resume(AsgiHandler::Impl& im, Exchange& ex) noexcept;
 void ws_on_abort(AsgiHandler::Impl& im, Exchange& ex) noexcept;
 void ws_on_disconnect(AsgiHandler::Impl& im, Exchange& ex) noexcept;
 void ws_on_message(AsgiHandler::Impl& im, Exchange& ex, bool binary, std::string_view data) noexcept;
+void ws_on_masked_message(AsgiHandler::Impl& im, Exchange& ex, const char* data, size_t n,
+                          const uint8_t key[4], size_t phase) noexcept;
 void ws_on_closed(AsgiHandler::Impl& im, Exchange& ex, uint16_t code, std::string_view reason) noexcept;
 
 }  // namespace asgi

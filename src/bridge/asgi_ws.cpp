@@ -598,12 +598,11 @@ void ws_on_request(AsgiHandler::Impl& im, Exchange& ex) noexcept {
   }
 }
 
-void ws_on_message(AsgiHandler::Impl& im, Exchange& ex, bool binary, std::string_view data) noexcept {
-  WsCall* c = call_of(ex);
-  if (!c) return;
-  Ref keep = Ref::borrow(reinterpret_cast<PyObject*>(c));  // Python may run inside resolve()
-  Ref payload = Ref::steal(binary ? PyBytes_FromStringAndSize(data.data(), Py_ssize_t(data.size()))
-                                  : PyUnicode_DecodeUTF8(data.data(), Py_ssize_t(data.size()), nullptr));
+namespace {
+
+// Hands `payload` (bytes or str; null if making it failed, with the Python error set) to the
+// app: to its waiting receive(), else to the read-ahead queue.
+void deliver(AsgiHandler::Impl& im, Exchange& ex, WsCall* c, bool binary, Ref payload) noexcept {
   Ref msg = payload ? Ref::steal(PyDict_New()) : Ref();
   if (!msg || PyDict_SetItem(msg.get(), N->type.get(), N->websocket_receive.get()) < 0 ||
       PyDict_SetItem(msg.get(), binary ? N->bytes.get() : N->text.get(), payload.get()) < 0) {
@@ -631,6 +630,28 @@ void ws_on_message(AsgiHandler::Impl& im, Exchange& ex, bool binary, std::string
     c->reading = false;
     ex.ws_want(false);  // the app is behind: let TCP hold the client back
   }
+}
+
+}  // namespace
+
+void ws_on_message(AsgiHandler::Impl& im, Exchange& ex, bool binary, std::string_view data) noexcept {
+  WsCall* c = call_of(ex);
+  if (!c) return;
+  Ref keep = Ref::borrow(reinterpret_cast<PyObject*>(c));  // Python may run inside resolve()
+  deliver(im, ex, c, binary,
+          Ref::steal(binary ? PyBytes_FromStringAndSize(data.data(), Py_ssize_t(data.size()))
+                            : PyUnicode_DecodeUTF8(data.data(), Py_ssize_t(data.size()), nullptr)));
+}
+
+void ws_on_masked_message(AsgiHandler::Impl& im, Exchange& ex, const char* data, size_t n,
+                          const uint8_t key[4], size_t phase) noexcept {
+  WsCall* c = call_of(ex);
+  if (!c) return;
+  Ref keep = Ref::borrow(reinterpret_cast<PyObject*>(c));
+  // The app's bytes object is filled straight from the read buffer, unmasking on the way.
+  Ref payload = Ref::steal(PyBytes_FromStringAndSize(nullptr, Py_ssize_t(n)));
+  if (payload) ws::copy_unmasked(PyBytes_AS_STRING(payload.get()), data, n, key, phase);
+  deliver(im, ex, c, true, std::move(payload));
 }
 
 void ws_on_closed(AsgiHandler::Impl& im, Exchange& ex, uint16_t code, std::string_view reason) noexcept {

@@ -349,7 +349,21 @@ Trace run_frames(const std::string& in, const std::vector<size_t>& cuts, const F
         // Unmasked in place: the piece is the bytes just consumed.
         EXPECT_TRUE(r.payload.empty() || (r.payload.data() >= b.p + before &&
                                           r.payload.data() + r.payload.size() == b.p + pos));
-        cur.payload.append(r.payload);
+        if (r.masked) {
+          // defer_binary_unmask: still masked; unmask it the way a consumer would, by copying.
+          EXPECT_TRUE(opt.defer_binary_unmask);
+          EXPECT_EQ(parser.message_opcode(), Opcode::kBinary);
+          EXPECT_FALSE(parser.message_compressed());
+          std::string plain(r.payload.size(), '\0');
+          copy_unmasked(plain.data(), r.payload.data(), r.payload.size(), parser.header().mask,
+                        r.mask_phase);
+          cur.payload.append(plain);
+        } else {
+          EXPECT_FALSE(opt.defer_binary_unmask && parser.message_opcode() == Opcode::kBinary &&
+                       !parser.message_compressed() && !r.payload.empty())
+              << "binary payload unmasked although the consumer asked to do it";
+          cur.payload.append(r.payload);
+        }
         EXPECT_FALSE(r.message_end && !r.frame_end);
         if (r.frame_end) {
           EXPECT_EQ(cur.payload.size(), cur.length);
@@ -867,6 +881,64 @@ TEST(WsWriter, ApplyMaskAtEveryPhase) {
         ASSERT_EQ(uint8_t(got[i]), uint8_t(src[i] ^ key[(phase + i) % 4])) << phase << " " << i;
     }
   }
+}
+
+TEST(WsWriter, CopyUnmaskedAtEveryPhaseAndAlignment) {
+  const uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d};
+  std::string src(300, '\0');
+  for (size_t i = 0; i < src.size(); ++i) src[i] = char(i * 131 + 7);
+  for (size_t phase = 0; phase < 4; ++phase) {
+    for (size_t off = 0; off < 8; ++off) {  // unaligned source and destination
+      for (size_t n : {size_t(0), size_t(1), size_t(7), size_t(8), size_t(9), size_t(31),
+                       size_t(64), size_t(255), size_t(291)}) {
+        std::string dst(n + 16, '\x55');
+        copy_unmasked(dst.data() + (7 - off % 8), src.data() + off, n, key, phase);
+        for (size_t i = 0; i < n; ++i)
+          ASSERT_EQ(uint8_t(dst[7 - off % 8 + i]), uint8_t(src[off + i] ^ key[(phase + i) % 4]))
+              << phase << " " << off << " " << n << " " << i;
+        for (size_t i = 0; i < 7 - off % 8; ++i) ASSERT_EQ(dst[i], '\x55') << "wrote before dst";
+        for (size_t i = 7 - off % 8 + n; i < dst.size(); ++i) ASSERT_EQ(dst[i], '\x55') << "wrote past n";
+      }
+    }
+  }
+}
+
+// With defer_binary_unmask the parser reports the same frames at every split (run_frames
+// unmasks the deferred pieces with copy_unmasked and the phase they carry), leaves binary
+// payload masked, and still unmasks text, control and compressed payload itself.
+TEST(WsFrames, DeferredBinaryUnmaskMatchesInPlace) {
+  const uint8_t key[4] = {0x01, 0x80, 0xfe, 0x7f};
+  std::string big(70000, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = char(i * 7 + i / 251);
+  const std::string stream =
+      client_frame(kFin | 0x2, std::string("\x00\x01\x02\xff", 4), key) +   // whole binary
+      client_frame(0x2, "abcde", key) + client_frame(kFin | 0x9, "ping", key) +  // fragmented,
+      client_frame(0x0, "fgh", key) + client_frame(kFin | 0x0, "ijklmnop", key) +  // odd phases
+      client_frame(kFin | 0x1, "text \xc3\xa9", key) +                          // text: unmasked
+      client_frame(kFin | 0x2, "", key) +                                       // empty binary
+      client_frame(kFin | 0x2, big, key, 64);                                   // 64-bit length
+  FrameOptions deferred;
+  deferred.defer_binary_unmask = true;
+  const Trace in_place = run_frames(stream, {}, FrameOptions{});
+  EXPECT_EQ(in_place.error, FrameError::kNone);
+  EXPECT_EQ(in_place.frames.size(), 8u);
+  EXPECT_EQ(replay_all(stream, deferred), in_place);
+  // Compressed binary (RSV1) is never deferred: the inflater needs it plain.
+  FrameOptions rsv1 = deferred;
+  rsv1.allow_rsv1 = true;
+  FrameOptions rsv1_in_place;
+  rsv1_in_place.allow_rsv1 = true;
+  const std::string compressed = client_frame(kFin | 0x40 | 0x2, "not really deflate", key);
+  EXPECT_EQ(run_frames(compressed, {}, rsv1), run_frames(compressed, {}, rsv1_in_place));
+  FrameParser p(deferred);
+  std::string one = client_frame(kFin | 0x2, "abcdef", key);
+  FrameParser::Result r = p.feed(one.data(), one.size());
+  ASSERT_EQ(r.event, FrameParser::Event::kHeader);
+  r = p.feed(one.data() + r.consumed, one.size() - r.consumed);
+  ASSERT_EQ(r.event, FrameParser::Event::kData);
+  EXPECT_TRUE(r.masked);
+  EXPECT_EQ(r.mask_phase, 0);
+  EXPECT_NE(r.payload, "abcdef");  // still masked
 }
 
 // No heap allocation while parsing or writing frames: the steady state of a connection.

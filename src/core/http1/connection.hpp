@@ -136,6 +136,7 @@ class Connection final : public net::IoHandler, public Exchange {
   void arm_ws_timer(int64_t now) noexcept;
   void ws_app_done() noexcept;
   void ws_deliver(bool binary, std::string_view data) noexcept;
+  void ws_deliver_masked(char* data, size_t n, size_t phase) noexcept;
   bool ws_inflate(std::string_view piece, bool message_end, bool binary) noexcept;
   bool ws_gather(std::string_view piece) noexcept;
 

@@ -160,6 +160,7 @@ Exchange::StartError Connection::ws_accept(std::string_view subprotocol, const H
   ws::FrameOptions options;
   options.max_message = server_->config().ws_max_size;
   options.allow_rsv1 = deflate_on;
+  options.defer_binary_unmask = true;  // see ws_deliver_masked
   ws_ = std::make_unique<WsState>(options);
   if (deflate_on) {
     ws_->deflate = true;
@@ -297,6 +298,16 @@ bool Connection::ws_feed() noexcept {
         continue;
       case ws::FrameParser::Event::kData: {
         bool binary = w.parser.message_opcode() == ws::Opcode::kBinary;
+        char* piece = const_cast<char*>(r.payload.data());  // points into in_, which we own
+        if (r.masked) {
+          if (r.message_end && w.msg.empty()) {
+            // A whole binary message in one piece: the bridge unmasks it as it copies it out.
+            ws_deliver_masked(piece, r.payload.size(), r.mask_phase);
+            if (state_ != State::kWebSocket) return true;
+            continue;
+          }
+          ws::apply_mask(piece, r.payload.size(), w.parser.header().mask, r.mask_phase);
+        }
         if (w.parser.message_compressed()) {
           if (!ws_inflate(r.payload, r.message_end, binary)) return true;
           if (state_ != State::kWebSocket) return true;
@@ -372,6 +383,11 @@ void Connection::ws_deliver(bool binary, std::string_view data) noexcept {
   // After its own close the app gets no more messages (ASGI: receive() says disconnect).
   if (ws_->close_sent || !detached_) return;
   server_->app()->on_ws_message(*this, binary, data);
+}
+
+void Connection::ws_deliver_masked(char* data, size_t n, size_t phase) noexcept {
+  if (ws_->close_sent || !detached_) return;
+  server_->app()->on_ws_masked_message(*this, data, n, ws_->parser.header().mask, phase);
 }
 
 void Connection::ws_control(const void* result) noexcept {

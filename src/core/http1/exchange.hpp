@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "core/http1/parser.hpp"
+#include "core/ws/frame.hpp"
 
 namespace fulmen::http1 {
 
@@ -121,6 +122,15 @@ class AppHandler {
   virtual void on_disconnect(Exchange& ex) noexcept {}
   // WebSocket: a whole message (text is valid UTF-8); `data` is valid only during the call.
   virtual void on_ws_message(Exchange& ex, bool binary, std::string_view data) noexcept {}
+  // WebSocket: a whole binary message that arrived in one piece, still masked by the client
+  // with `key` from byte `phase` on. A handler that copies messages out anyway should override
+  // this and copy with ws::copy_unmasked: one pass over the bytes instead of unmask-then-copy.
+  // `data` is valid only during the call and may be changed. The default unmasks in place.
+  virtual void on_ws_masked_message(Exchange& ex, char* data, size_t n, const uint8_t key[4],
+                                    size_t phase) noexcept {
+    ws::apply_mask(data, n, key, phase);
+    on_ws_message(ex, true, std::string_view(data, n));
+  }
   // WebSocket: the connection is closing for a reason other than the app's ws_close(): the
   // client's close frame (its code, or 1005, and reason), a protocol error or a ping timeout
   // (the code sent to the client), a lost connection (1006), or a server shutdown (1012).

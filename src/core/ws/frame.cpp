@@ -260,7 +260,13 @@ FrameParser::Result FrameParser::feed(char* p, size_t n) noexcept {
     return r;
   }
   char* piece = p + i;
-  unmask(piece, take);
+  if (options_.defer_binary_unmask && message_opcode_ == Opcode::kBinary && !message_compressed_) {
+    r.masked = true;
+    r.mask_phase = mask_phase_;
+    mask_phase_ = static_cast<uint8_t>((mask_phase_ + take) & 3);
+  } else {
+    unmask(piece, take);
+  }
   remaining_ -= take;
   if (validating_) {
     size_t bad = 0;
@@ -346,22 +352,38 @@ CloseFrame make_close_frame(uint16_t code, std::string_view reason) noexcept {
   return f;
 }
 
-void apply_mask(char* p, size_t n, const uint8_t key[4], size_t phase) noexcept {
+namespace {
+
+// Eight bytes at a time: the key repeats every 4, so a word-sized XOR keeps the phase. Two
+// instances, so that the compiler vectorizes each without a run-time overlap check (which
+// would send the in-place case down a scalar path).
+template <typename Dst>
+inline void xor_mask(Dst dst, const char* src, size_t n, const uint8_t key[4], size_t phase) noexcept {
   uint8_t k[8];
   for (size_t j = 0; j < 8; ++j) k[j] = key[(phase + j) & 3];
   size_t i = 0;
   if (n >= 8) {
-    // Eight bytes at a time: the key repeats every 4, so a word-sized XOR keeps the phase.
     uint64_t k64;
     std::memcpy(&k64, k, 8);
     for (; i + 8 <= n; i += 8) {
       uint64_t w;
-      std::memcpy(&w, p + i, 8);
+      std::memcpy(&w, src + i, 8);
       w ^= k64;
-      std::memcpy(p + i, &w, 8);
+      std::memcpy(dst + i, &w, 8);
     }
   }
-  for (; i < n; ++i) p[i] = static_cast<char>(p[i] ^ k[i & 3]);
+  for (; i < n; ++i) dst[i] = static_cast<char>(src[i] ^ k[i & 3]);
+}
+
+}  // namespace
+
+void apply_mask(char* p, size_t n, const uint8_t key[4], size_t phase) noexcept {
+  xor_mask<char*>(p, p, n, key, phase);
+}
+
+void copy_unmasked(char* __restrict dst, const char* __restrict src, size_t n, const uint8_t key[4],
+                   size_t phase) noexcept {
+  xor_mask<char* __restrict>(dst, src, n, key, phase);
 }
 
 }  // namespace fulmen::ws

@@ -96,6 +96,10 @@ struct FrameOptions {
   // Validate text messages as they arrive (not those with RSV1: their UTF-8 is checked after
   // inflating, by the caller).
   bool validate_utf8 = true;
+  // Hand out the payload of uncompressed binary messages still masked (Result::masked), so the
+  // consumer can unmask it while copying it to where it goes: one pass over the bytes instead of
+  // two. Text (validated here) and compressed payload are always unmasked in place.
+  bool defer_binary_unmask = false;
 };
 
 struct FrameHeader {
@@ -119,7 +123,7 @@ class FrameParser {
   enum class Event : uint8_t {
     kNone,     // all input consumed, nothing to report: wait for more bytes
     kHeader,   // a frame header is complete: header() describes the frame
-    kData,     // a piece of a data frame's payload, unmasked in place
+    kData,     // a piece of a data frame's payload, unmasked in place (see Result::masked)
     kControl,  // a whole, valid control frame (close code and reason already checked)
     kError,    // the connection must be failed with close_code_for(error)
   };
@@ -135,6 +139,10 @@ class FrameParser {
     uint16_t close_code = 0;        // kControl close: the code, or kNoStatus for an empty payload
     std::string_view close_reason;  // kControl close: the reason, valid UTF-8
     FrameError error = FrameError::kNone;  // kError: why
+    // kData with defer_binary_unmask: the piece is still masked with header().mask, starting
+    // at key byte mask_phase (apply_mask or copy_unmasked with that phase undoes it).
+    bool masked = false;
+    uint8_t mask_phase = 0;
   };
 
   FrameParser() noexcept = default;
@@ -228,5 +236,7 @@ CloseFrame make_close_frame(uint16_t code, std::string_view reason = {}) noexcep
 // Applies (or removes: XOR) a masking key, starting `phase` bytes into the key. For client-side
 // tools and tests; the parser unmasks by itself.
 void apply_mask(char* p, size_t n, const uint8_t key[4], size_t phase = 0) noexcept;
+// dst[0..n) = src[0..n) unmasked, in one pass (the buffers must not overlap).
+void copy_unmasked(char* dst, const char* src, size_t n, const uint8_t key[4], size_t phase = 0) noexcept;
 
 }  // namespace fulmen::ws
