@@ -7,7 +7,8 @@
 // view is read.
 //
 // Oracles (abort on violation): a stream fed in random pieces must give exactly the frames, the
-// error and the error offset of the same stream fed at once; consumed never exceeds what was
+// error and the error offset of the same stream fed at once, also with binary payload left
+// masked for the consumer (defer_binary_unmask, undone with copy_unmasked); consumed never exceeds what was
 // given and kNone means all of it was used; views stay inside the bytes just consumed; the
 // frames reported obey RFC 6455's rules (checked again here, independently); complete text
 // messages are valid UTF-8; every data and close frame re-encoded by the writer parses back to
@@ -127,8 +128,21 @@ Trace run(const char* in, size_t n, const FrameOptions& opt, Rng* rng, bool tiny
           FUZZ_CHECK(r.payload.empty() ||
                      (r.payload.data() == b.p + before && r.payload.size() == r.consumed));
           touch(r.payload);
-          cur.payload.append(r.payload);
-          message.append(r.payload);
+          std::string_view piece = r.payload;
+          std::string plain;
+          if (r.masked) {
+            // Deferred unmasking: only for uncompressed binary, undone here with the phase given.
+            FUZZ_CHECK(opt.defer_binary_unmask && message_op == Opcode::kBinary && !message_rsv1);
+            plain.resize(r.payload.size());
+            copy_unmasked(plain.data(), r.payload.data(), r.payload.size(), parser.header().mask,
+                          r.mask_phase);
+            piece = plain;
+          } else {
+            FUZZ_CHECK(r.payload.empty() || !opt.defer_binary_unmask ||
+                       message_op != Opcode::kBinary || message_rsv1);
+          }
+          cur.payload.append(piece);
+          message.append(piece);
           FUZZ_CHECK(cur.payload.size() <= cur.length);
           FUZZ_CHECK(!r.message_end || r.frame_end);
           if (r.frame_end) {
@@ -370,6 +384,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const Trace whole = run(in, n, opt, nullptr, tiny);
   const Trace pieces = run(in, n, opt, &rng, tiny);
   FUZZ_CHECK(whole == pieces);
+  // The same frames when binary payload is left masked for the consumer to unmask.
+  FrameOptions deferred = opt;
+  deferred.defer_binary_unmask = true;
+  FUZZ_CHECK(run(in, n, deferred, &rng, tiny) == whole);
   for (const Frame& f : whole.frames) round_trip(f, opt);
 
   check_utf8(in, n, rng, tiny);
