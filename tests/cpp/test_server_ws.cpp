@@ -869,6 +869,65 @@ TEST(WsFlow, AnEchoToAClientThatDoesNotReadPausesTheAppAndResumes) {
   EXPECT_TRUE(no_app_errors(loop, app));
 }
 
+// A client that stops reading while the app sends must not hold the connection (and the app's
+// paused send) forever: with no progress for body_timeout_ms the engine drops it, as for HTTP.
+TEST(WsFlow, AClientThatStopsReadingIsDroppedAfterTheStallTimeout) {
+  WsApp app;
+  ServerConfig cfg = ws_config();
+  cfg.body_timeout_ms = 300;
+  cfg.ws_ping_interval_ms = 100;  // pings cannot get through either: they must not keep it alive
+  EventLoop loop(cfg, app, /*sndbuf=*/kSmallBuf);
+  Client c(loop.port(), /*rcvbuf=*/kSmallBuf);
+  ASSERT_TRUE(open_ws(c));
+  ASSERT_TRUE(loop.call([&] {
+    WsJob& j = *app.jobs[0];
+    j.send_total = 64u << 20;
+    j.send_chunk = 64 * 1024;
+    app.produce(j);
+  }));
+  ASSERT_TRUE(wait_for(loop, [&] { return app.pauses.load() >= 1; }));
+  const int64_t t0 = mono_ms();
+  ASSERT_TRUE(wait_for(loop, [&] { return app.aborts.load() == 1; }, 5000))
+      << "a client that reads nothing kept its connection";
+  const int64_t took = mono_ms() - t0;
+  EXPECT_GE(took, 250) << "dropped before the stall timeout";
+  EXPECT_LE(took, 3000);
+  EXPECT_EQ(app.resumes.load(), 0);
+  EXPECT_TRUE(c.wait_closed(5000));
+  EXPECT_TRUE(no_app_errors(loop, app));
+}
+
+TEST(WsFlow, ASlowButSteadyReaderIsNotDropped) {
+  WsApp app;
+  ServerConfig cfg = ws_config();
+  cfg.body_timeout_ms = 300;  // a stall limit, not a limit on how long a send may take
+  EventLoop loop(cfg, app, /*sndbuf=*/kSmallBuf);
+  Client c(loop.port(), /*rcvbuf=*/kSmallBuf);
+  ASSERT_TRUE(open_ws(c));
+  constexpr uint64_t kTotal = 256u << 10;
+  ASSERT_TRUE(loop.call([&] {
+    WsJob& j = *app.jobs[0];
+    j.send_total = kTotal;
+    j.send_chunk = 32 * 1024;
+    app.produce(j);
+  }));
+  // About 4 KiB every 20 ms: the whole takes over a second, four stall timeouts, but every
+  // read lets the server write more.
+  c.read_size = 4096;
+  c.read_gap_ms = 20;
+  const int64_t t0 = mono_ms();
+  uint64_t got = 0;
+  while (got < kTotal) {
+    Frame f = read_frame(c, 5000);
+    ASSERT_TRUE(f.is(Opcode::kBinary)) << "at " << got << ": " << f;
+    ASSERT_TRUE(matches_pattern(f.payload, got)) << "message at " << got;
+    got += f.payload.size();
+  }
+  EXPECT_GT(mono_ms() - t0, 600) << "the reads were not slow enough to test anything";
+  EXPECT_EQ(app.aborts.load(), 0);
+  EXPECT_TRUE(no_app_errors(loop, app));
+}
+
 // ---- closing ---------------------------------------------------------------------------------
 
 TEST(WsClose, ClientCloseIsReportedOnceEchoedAndTheServerClosesFirst) {
