@@ -1,6 +1,7 @@
 // ASGI bridge; see asgi.hpp.
 #include "bridge/asgi.hpp"
 #include "bridge/asgi_internal.hpp"
+#include "bridge/py_types.hpp"
 
 #include <cstring>
 
@@ -857,30 +858,13 @@ bool asgi_init_types(PyObject* module) noexcept {
   ReadyType.tp_iternext = ready_next;
   ReadyType.tp_doc = "An awaitable that is already complete";
 
-  CallType.tp_name = "fulmen._core.Receive";
-  CallType.tp_basicsize = sizeof(CallObject);
-  CallType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
-  CallType.tp_vectorcall_offset = offsetof(CallObject, vectorcall);
-  CallType.tp_call = PyVectorcall_Call;
-  CallType.tp_dealloc = call_dealloc;
-  CallType.tp_methods = call_methods;
-  CallType.tp_doc = "The receive() callable of one ASGI HTTP request";
-
-  SendType.tp_name = "fulmen._core.Send";
-  SendType.tp_basicsize = sizeof(SendObject);
-  SendType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
-  SendType.tp_vectorcall_offset = offsetof(SendObject, vectorcall);
-  SendType.tp_call = PyVectorcall_Call;
-  SendType.tp_dealloc = send_dealloc;
-  SendType.tp_doc = "The send() callable of one ASGI HTTP request";
-
-  StepCatcherType.tp_name = "fulmen._core.StepCatcher";
-  StepCatcherType.tp_basicsize = sizeof(StepCatcher);
-  StepCatcherType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
-  StepCatcherType.tp_vectorcall_offset = offsetof(StepCatcher, vectorcall);
-  StepCatcherType.tp_call = PyVectorcall_Call;
-  StepCatcherType.tp_dealloc = catcher_dealloc;
-  StepCatcherType.tp_doc = "Stands in for loop.call_soon while an ASGI task is made (Python < 3.12)";
+  init_callable_type<CallObject>(CallType, "fulmen._core.Receive", call_dealloc,
+                                 "The receive() callable of one ASGI HTTP request", call_methods);
+  init_callable_type<SendObject>(SendType, "fulmen._core.Send", send_dealloc,
+                                 "The send() callable of one ASGI HTTP request");
+  init_callable_type<StepCatcher>(
+      StepCatcherType, "fulmen._core.StepCatcher", catcher_dealloc,
+      "Stands in for loop.call_soon while an ASGI task is made (Python < 3.12)");
 
   if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&CallType) < 0 || PyType_Ready(&SendType) < 0 ||
       PyType_Ready(&StepCatcherType) < 0 || !ws_init_types(module))

@@ -11,6 +11,7 @@
 #include <iterator>
 
 #include "bridge/asgi_internal.hpp"
+#include "bridge/py_types.hpp"
 #include "core/ws/frame.hpp"
 
 namespace fulmen::bridge {
@@ -682,22 +683,10 @@ void ws_on_abort(AsgiHandler::Impl& im, Exchange& ex) noexcept {
 }
 
 bool ws_init_types(PyObject* module) noexcept {
-  WsCallType.tp_name = "fulmen._core.WebSocketReceive";
-  WsCallType.tp_basicsize = sizeof(WsCall);
-  WsCallType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
-  WsCallType.tp_vectorcall_offset = offsetof(WsCall, vectorcall);
-  WsCallType.tp_call = PyVectorcall_Call;
-  WsCallType.tp_dealloc = wscall_dealloc;
-  WsCallType.tp_methods = wscall_methods;
-  WsCallType.tp_doc = "The receive() callable of one ASGI WebSocket connection";
-
-  WsSendType.tp_name = "fulmen._core.WebSocketSend";
-  WsSendType.tp_basicsize = sizeof(WsSend);
-  WsSendType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
-  WsSendType.tp_vectorcall_offset = offsetof(WsSend, vectorcall);
-  WsSendType.tp_call = PyVectorcall_Call;
-  WsSendType.tp_dealloc = wssend_dealloc;
-  WsSendType.tp_doc = "The send() callable of one ASGI WebSocket connection";
+  init_callable_type<WsCall>(WsCallType, "fulmen._core.WebSocketReceive", wscall_dealloc,
+                             "The receive() callable of one ASGI WebSocket connection", wscall_methods);
+  init_callable_type<WsSend>(WsSendType, "fulmen._core.WebSocketSend", wssend_dealloc,
+                             "The send() callable of one ASGI WebSocket connection");
   if (PyType_Ready(&WsCallType) < 0 || PyType_Ready(&WsSendType) < 0) return false;
   // What send() raises once the connection is gone: an OSError, as Uvicorn's ClientDisconnected,
   // which Starlette turns into WebSocketDisconnect.

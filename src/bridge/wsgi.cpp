@@ -5,6 +5,7 @@
 // the bytes it returns straight from the PyBytes buffers. The start_response, write and
 // wsgi.input objects are reused across requests whenever the app kept no reference to them.
 #include "bridge/wsgi.hpp"
+#include "bridge/py_types.hpp"
 
 #include <sys/stat.h>
 
@@ -934,13 +935,8 @@ bool wsgi_init_types(PyObject* module) noexcept {
   InputType.tp_iter = PyObject_SelfIter;
   InputType.tp_iternext = input_iternext;
 
-  WriteType.tp_name = "fulmen._core.Write";
-  WriteType.tp_basicsize = sizeof(WriteObject);
-  WriteType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
-  WriteType.tp_vectorcall_offset = offsetof(WriteObject, vectorcall);
-  WriteType.tp_dealloc = write_dealloc;
-  WriteType.tp_call = PyVectorcall_Call;
-  WriteType.tp_doc = "The write() callable of PEP 3333";
+  init_callable_type<WriteObject>(WriteType, "fulmen._core.Write", write_dealloc,
+                                  "The write() callable of PEP 3333");
 
   FileWrapperType.tp_name = "fulmen._core.FileWrapper";
   FileWrapperType.tp_basicsize = sizeof(FileWrapperObject);
@@ -953,13 +949,8 @@ bool wsgi_init_types(PyObject* module) noexcept {
   FileWrapperType.tp_iternext = filewrapper_iternext;
   FileWrapperType.tp_methods = filewrapper_methods;
 
-  StartResponseType.tp_name = "fulmen._core.StartResponse";
-  StartResponseType.tp_basicsize = sizeof(StartResponseObject);
-  StartResponseType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL;
-  StartResponseType.tp_vectorcall_offset = offsetof(StartResponseObject, vectorcall);
-  StartResponseType.tp_dealloc = sr_dealloc;
-  StartResponseType.tp_call = PyVectorcall_Call;
-  StartResponseType.tp_doc = "The start_response() callable of PEP 3333";
+  init_callable_type<StartResponseObject>(StartResponseType, "fulmen._core.StartResponse", sr_dealloc,
+                                          "The start_response() callable of PEP 3333");
   if (PyType_Ready(&InputType) < 0 || PyType_Ready(&WriteType) < 0 ||
       PyType_Ready(&FileWrapperType) < 0 || PyType_Ready(&StartResponseType) < 0)
     return false;
