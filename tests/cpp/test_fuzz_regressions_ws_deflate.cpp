@@ -9,60 +9,32 @@
 // the weight: there must be some, and the named ones must still decode to what their names say
 // under the harness's input layout (a change to that layout that turns them into noise fails
 // here instead of silently weakening the fuzzer).
-#include <gtest/gtest.h>
-
-#include <algorithm>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
 #include "../../fuzz/fuzz_support.hpp"
 #include "core/ws/deflate.hpp"
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+#include "fuzz_replay.hpp"
 
 namespace {
 
+using fulmen::test::fuzz_inputs;
+using fulmen::test::read_file;
+using fulmen::test::replay_fuzz_inputs;
 using fulmen::ws::Inflater;
 using Status = Inflater::Status;
-
-std::vector<std::string> files_in(const std::string& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : std::filesystem::directory_iterator(dir))
-    if (e.is_regular_file() && e.path().filename().string().rfind("README", 0) != 0)
-      out.push_back(e.path().string());
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-std::string read(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-void replay(const std::vector<std::string>& files) {
-  for (const auto& p : files) {
-    SCOPED_TRACE(p);
-    std::string data = read(p);
-    // The harness aborts on a broken oracle, which fails this test binary.
-    EXPECT_EQ(LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(data.data()), data.size()),
-              0);
-  }
-}
 
 TEST(FuzzRegressions, WsDeflate) {
   const std::string dir = FULMEN_FUZZ_DIR "/regressions/ws_deflate";
   ASSERT_TRUE(std::filesystem::is_regular_file(dir + "/README.md"));
-  replay(files_in(dir));  // possibly none yet
+  replay_fuzz_inputs(fuzz_inputs(dir));  // possibly none yet
 }
 
 // The seeds too: they are what the fuzzer starts from, so they must at least not trip it.
 TEST(FuzzRegressions, WsDeflateSeeds) {
-  std::vector<std::string> files = files_in(FULMEN_FUZZ_DIR "/seeds/ws_deflate");
+  const auto files = fuzz_inputs(FULMEN_FUZZ_DIR "/seeds/ws_deflate");
   ASSERT_GE(files.size(), 10u);
-  replay(files);
+  replay_fuzz_inputs(files);
 }
 
 // What one message of a seed gives, inflated whole.
@@ -129,7 +101,7 @@ TEST(FuzzRegressions, WsDeflateSeedsDecodeAsNamed) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
-    const std::string data = read(FULMEN_FUZZ_DIR "/seeds/ws_deflate/" + std::string(c.name));
+    const std::string data = read_file(FULMEN_FUZZ_DIR "/seeds/ws_deflate/" + std::string(c.name));
     ASSERT_GE(data.size(), 2u);
     const std::vector<Message> got = decode(data);
     ASSERT_EQ(got.size(), c.want.size());
@@ -142,7 +114,7 @@ TEST(FuzzRegressions, WsDeflateSeedsDecodeAsNamed) {
   }
   // The pair the dynamic Huffman seed holds: 10 KiB of JSON lines, then a prefix of them that
   // the client compressed against the first message (gen_seeds.py picks its length).
-  const std::string data = read(FULMEN_FUZZ_DIR "/seeds/ws_deflate/seed-dynamic-huffman-pair");
+  const std::string data = read_file(FULMEN_FUZZ_DIR "/seeds/ws_deflate/seed-dynamic-huffman-pair");
   const std::vector<Message> got = decode(data);
   ASSERT_EQ(got.size(), 2u);
   EXPECT_EQ(int(got[0].status), int(Status::kOk));
