@@ -36,18 +36,22 @@ struct Cursor {
     while (i < s.size() && base::is_tchar(static_cast<unsigned char>(s[i]))) ++i;
     return s.substr(start, i - start);
   }
+  // RFC 9110 5.6.1 list rules: moves to the start of the next non-empty element, past OWS and
+  // empty elements (","); false at the end of the list.
+  bool next_element() noexcept {
+    for (;;) {
+      skip_ows();
+      if (done()) return false;
+      if (peek() != ',') return true;
+      ++i;
+    }
+  }
 };
 
 // 1#token with RFC 9110 5.6.1 list rules: OWS around commas, empty elements skipped.
 HandshakeError parse_protocols(std::string_view value, Handshake& out) noexcept {
   Cursor c{value};
-  for (;;) {
-    c.skip_ows();
-    if (c.done()) return HandshakeError::kNone;
-    if (c.peek() == ',') {
-      ++c.i;
-      continue;
-    }
+  while (c.next_element()) {
     std::string_view t = c.token();
     if (t.empty()) return HandshakeError::kBadProtocols;
     c.skip_ows();
@@ -55,6 +59,7 @@ HandshakeError parse_protocols(std::string_view value, Handshake& out) noexcept 
     if (out.num_protocols == kMaxSubprotocols) return HandshakeError::kTooManyProtocols;
     out.protocols[out.num_protocols++] = t;
   }
+  return HandshakeError::kNone;
 }
 
 // A quoted-string value whose unescaped content must be a token (RFC 6455 9.1). On success `v`
@@ -86,13 +91,7 @@ bool quoted_token(Cursor& c, std::string_view* v, bool* escaped) noexcept {
 // with OWS allowed around ',', ';' and '=' and empty list elements skipped.
 HandshakeError parse_extensions(std::string_view value, Handshake& out) noexcept {
   Cursor c{value};
-  for (;;) {
-    c.skip_ows();
-    if (c.done()) return HandshakeError::kNone;
-    if (c.peek() == ',') {
-      ++c.i;
-      continue;
-    }
+  while (c.next_element()) {
     std::string_view name = c.token();
     if (name.empty()) return HandshakeError::kBadExtensions;
     if (out.num_extensions == kMaxExtensionOffers) return HandshakeError::kTooManyExtensions;
@@ -126,6 +125,7 @@ HandshakeError parse_extensions(std::string_view value, Handshake& out) noexcept
     }
     if (!c.done() && c.peek() != ',') return HandshakeError::kBadExtensions;
   }
+  return HandshakeError::kNone;
 }
 
 bool valid_key(std::string_view key) noexcept {
