@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import select
 import signal
 import socket
 import struct
@@ -38,7 +37,7 @@ from websockets.sync.client import connect as ws_client
 from rawhttp import MiB, Reader, exchange, in_parallel, rss_growth, wait_until
 from rawhttp import connect as raw_connect
 from wsclient import (BINARY, CLOSE, CONT, PING, PONG, TEXT, WSConn, accept_for, close_payload, frame,
-                      handshake_response, new_key, open_ws, upgrade_request)
+                      handshake_response, new_key, open_ws, send_until_blocked, upgrade_request)
 
 APP = "asgi_ws:app"
 
@@ -597,23 +596,14 @@ def test_slow_app_stops_the_server_reading(shared_asgi_server):
     with open_ws(srv.port, f"/slow-receive?key={key}", sndbuf=65536, timeout=30) as ws:
         wait_result(srv, key)  # accepted, and now not calling receive()
         sock = ws.sock
-        sock.setblocking(False)
-        pending, messages, written, blocked = bytearray(), 0, 0, False
-        while written < cap:
-            if not pending:
-                pending += frame(BINARY, struct.pack("!Q", messages) + filler)
-                messages += 1
-            try:
-                n = sock.send(pending)
-                del pending[:n]
-                written += n
-            except BlockingIOError:
-                # Full: the server stopped reading if the socket stays unwritable a while (a
-                # server that still reads frees space within milliseconds).
-                _, writable, _ = select.select([], [sock], [], 1.0)
-                if not writable:
-                    blocked = True
-                    break
+        messages = 0
+
+        def next_message() -> bytes:
+            nonlocal messages
+            messages += 1
+            return frame(BINARY, struct.pack("!Q", messages - 1) + filler)
+
+        blocked, written, pending = send_until_blocked(sock, next_message, cap)
         assert blocked, f"wrote {written / MiB:.0f} MiB and the server kept reading while the app did not receive()"
         # Let the app receive; the rest goes through, and every message reaches it in order.
         status, _, _ = srv.request("GET", f"/release?key={key}")
@@ -640,21 +630,7 @@ def test_ping_flood_from_a_client_that_never_reads_is_bounded(shared_asgi_server
     cap = 64 * MiB  # ~500,000 pings: far beyond any socket buffers
     with rss_growth(srv.proc.pid) as growth:
         with open_ws(srv.port, "/echo", rcvbuf=16 * 1024, sndbuf=64 * 1024, timeout=30) as ws:
-            sock = ws.sock
-            sock.setblocking(False)
-            pending, written, blocked = bytearray(), 0, False
-            while written < cap:
-                if not pending:
-                    pending += ping * 64
-                try:
-                    n = sock.send(pending)
-                    del pending[:n]
-                    written += n
-                except BlockingIOError:
-                    _, writable, _ = select.select([], [sock], [], 1.0)
-                    if not writable:
-                        blocked = True
-                        break
+            blocked, written, _ = send_until_blocked(ws.sock, lambda: ping * 64, cap)
             assert blocked, f"sent {written / MiB:.0f} MiB of pings and the server kept reading them"
     # Only the socket buffers and the server's output queue hold pongs: a few MiB at most.
     assert growth.kib < 16 * 1024, f"server RSS grew {growth.kib} KiB under a ping flood"

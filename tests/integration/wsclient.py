@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import select
 import socket
 import struct
 from dataclasses import dataclass
@@ -241,3 +242,24 @@ def handshake_response(port: int, raw: bytes, timeout: float = TIMEOUT) -> tuple
     except BaseException:
         sock.close()
         raise
+
+
+def send_until_blocked(sock: socket.socket, next_chunk, cap: int, stall: float = 1.0) -> tuple[bool, int, bytearray]:
+    """Writes next_chunk() after next_chunk() to the non-blocking `sock` until the peer stops
+    reading: True once the socket stays unwritable for `stall` seconds (a peer that still reads
+    frees space within milliseconds), False if `cap` bytes went out first. Returns (blocked,
+    bytes written, the unsent rest of the last chunk)."""
+    sock.setblocking(False)
+    pending, written = bytearray(), 0
+    while written < cap:
+        if not pending:
+            pending += next_chunk()
+        try:
+            n = sock.send(pending)
+            del pending[:n]
+            written += n
+        except BlockingIOError:
+            _, writable, _ = select.select([], [sock], [], stall)
+            if not writable:
+                return True, written, pending
+    return False, written, pending
