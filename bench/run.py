@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fulmen benchmark harness (`make bench`, or `python3 bench/run.py --help`).
 
-Three suites, selected with --suite wsgi|asgi|ws|all (default all):
+Four suites, selected with --suite wsgi|asgi|ws|workers|all (default all):
 - wsgi: Fulmen against gunicorn (sync, gthread), granian, uWSGI and nginx (as a ceiling);
 - asgi: Fulmen (uvloop and asyncio loops) against Uvicorn (uvloop + httptools), granian
   --interface asgi, Hypercorn, gunicorn with the Uvicorn worker, and nginx for hello;
@@ -9,8 +9,10 @@ Three suites, selected with --suite wsgi|asgi|ws|all (default all):
   against Uvicorn (websockets, and wsproto), granian --interface asgi and Hypercorn. The load
   client is bench/wsload.cpp (C++20, one thread, epoll), built into build/bench/wsload; it never
   offers permessage-deflate, so every server runs without compression.
-Same apps for every server (bench/apps/), one worker each, server pinned to CPU 0 and the load
-generator (wrk, or wsload) to CPU 1.
+- workers: hello (WSGI and ASGI) with 2 worker processes each, on both CPUs: Fulmen --workers 2
+  against gunicorn (gthread), granian and Uvicorn with 2 workers.
+Same apps for every server (bench/apps/), one worker each (except in the workers suite, where
+they use both CPUs), server pinned to CPU 0 and the load generator (wrk, or wsload) to CPU 1.
 Servers and scenarios are interleaved over several rounds and the median per (server, scenario) is
 reported, together with the server's CPU time per request (from /proc, summed over its process
 tree) and its peak RSS. Ratios are relative to Fulmen's run of the same scenario. See
@@ -126,6 +128,10 @@ SCENARIOS = {
         Scenario("ws-echo-64k", "ws_echo", None, (), "GET", 0, 1,
                  "WebSocket: the same with 64 KiB binary messages",
                  suite="ws", expect=WS_HTTP_BODY, kind="ws-echo", ws_size=65536),
+        Scenario("w2-hello", "wsgi_hello", None, (), "GET", 0, 1,
+                 "WSGI hello (as `hello`) served by 2 worker processes", suite="workers"),
+        Scenario("w2-asgi-hello", "asgi_hello", None, (), "GET", 0, 1,
+                 "ASGI hello (as `asgi-hello`) served by 2 worker processes", suite="workers"),
         Scenario("ws-idle", "ws_echo", None, (), "GET", 0, 1,
                  "WebSocket: 10,000 connections (--ws-idle-connections) opened and held idle; server RSS "
                  "growth per connection", suite="ws", expect=WS_HTTP_BODY, kind="ws-idle"),
@@ -147,7 +153,12 @@ SUITES = {
     "wsgi": Suite("wsgi", ("hello", "hello-pipe16", "echo-16k"), 8, 2),
     "asgi": Suite("asgi", ("asgi-hello", "asgi-hello-pipe16", "asgi-echo-16k", "asgi-stream", "fastapi-hello"), 5, 1),
     "ws": Suite("ws", ("ws-echo-small", "ws-echo-64k", "ws-idle"), 5, 1),
+    # Every server with 2 worker processes on both CPUs. wrk still runs on CPU 1, so it shares a
+    # core with a worker: req/s is bounded by the machine, CPU per request is the figure to compare.
+    "workers": Suite("workers", ("w2-hello", "w2-asgi-hello"), 8, 2),
 }
+# Servers that run with several workers serve only the suites made for them, the others never.
+MULTI_WORKER_SUITES = ("workers",)
 DEFAULT_SCENARIOS = [sc for su in SUITES.values() for sc in su.scenarios]
 WSGI_APPS = ("wsgi_hello", "wsgi_echo")
 ASGI_APPS = ("asgi_hello", "asgi_echo", "asgi_stream", "fastapi_hello")
@@ -165,6 +176,14 @@ class Server:
     apps: tuple[str, ...] = WSGI_APPS  # which apps it can serve
     stop_signal: int = signal.SIGTERM
     env = {}  # extra environment of its process (not a dataclass field; variants set their own)
+    workers = 1  # worker processes (not a dataclass field): >1 runs in MULTI_WORKER_SUITES only
+
+    def serves_suite(self, suite: str) -> bool:
+        return (suite in MULTI_WORKER_SUITES) == (self.workers > 1)
+
+    def cpus(self) -> str:
+        """The CPUs its processes are pinned to: one for a single worker, all for several."""
+        return SERVER_CPU if self.workers == 1 else ",".join(str(c) for c in range(min(self.workers, os.cpu_count() or 1)))
 
     def command(self, ctx: "Context", app: str, port: int, workdir: Path) -> list[str]:
         raise NotImplementedError
@@ -227,6 +246,8 @@ class Fulmen(Server):
         extra = self.extra if not is_asgi(app) else ("--loop", self.loop)
         if is_ws(app):
             extra = extra + self.ws_options()
+        if self.workers > 1:
+            extra = extra + ("--workers", str(self.workers))
         return self.base(ctx) + ["--host", HOST, "--port", str(port), "--no-access-log",
                                  "--app-dir", str(APPS_DIR), *extra] + shlex.split(ctx.args.fulmen_args) + [f"{app}:app"]
 
@@ -235,6 +256,10 @@ class FulmenThreads(Fulmen):
     # The same engine with the app on a pool of 4 threads: what --threads costs per request,
     # which is why the default is 1 (docs/benchmarks.md).
     extra = ("--threads", "4")
+
+
+class FulmenWorkers(Fulmen):
+    workers = 2
 
 
 class FulmenAsyncio(Fulmen):
@@ -279,7 +304,7 @@ class GunicornGthread(BenchVenvServer):
     threads = 4
 
     def command(self, ctx, app, port, workdir):
-        return [self.path(), "--bind", f"{HOST}:{port}", "--workers", "1", "--worker-class", "gthread",
+        return [self.path(), "--bind", f"{HOST}:{port}", "--workers", str(self.workers), "--worker-class", "gthread",
                 "--threads", str(self.threads), "--chdir", str(APPS_DIR), "--graceful-timeout", "1",
                 "--log-level", "warning", f"{app}:app"]
 
@@ -299,7 +324,7 @@ class Granian(BenchVenvServer):
         # --backpressure raised from its default backlog/workers = 1024 concurrent requests, which
         # a held WebSocket counts as: 10,000 idle connections would otherwise queue behind 1024
         ws = ["--ws", "--backpressure", "16384"] if is_ws(app) else ["--no-ws"]
-        return [self.path(), iface[0], iface[1], "--host", HOST, "--port", str(port), "--workers", "1",
+        return [self.path(), iface[0], iface[1], "--host", HOST, "--port", str(port), "--workers", str(self.workers),
                 "--runtime-threads", "1", *iface[2:], "--http", "1",
                 *ws, "--no-access-log", "--log-level", "warning", "--workers-kill-timeout", "2",
                 "--working-dir", str(APPS_DIR), f"{app}:app"]
@@ -332,13 +357,27 @@ class Uvicorn(BenchVenvServer):
         # offers it anyway); `--ws websockets` warns that it is deprecated in favour of
         # websockets-sansio, but it is still what `--ws auto` picks when websockets is installed
         ws = ["--ws", self.ws, "--ws-per-message-deflate", "false"] if is_ws(app) else []
-        return [self.path(), "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+        # --workers N (N > 1) runs Uvicorn's own supervisor with N worker processes
+        workers = ["--workers", str(self.workers)] if self.workers > 1 else []
+        return [self.path(), "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools", *workers,
                 *ws, "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "1",
                 "--app-dir", str(APPS_DIR), f"{app}:app"]
 
 
 class UvicornWsproto(Uvicorn):
     ws = "wsproto"
+
+
+class GunicornGthreadWorkers(GunicornGthread):
+    workers = 2
+
+
+class GranianWorkers(Granian):
+    workers = 2
+
+
+class UvicornWorkers(Uvicorn):
+    workers = 2
 
 
 class Socketify(BenchVenvServer):
@@ -440,6 +479,11 @@ SERVERS: dict[str, Server] = {
                         apps=ASGI_APPS),
         Nginx("nginx", "nginx, 1 worker, `return 200` (static ceiling, hello only)",
               apps=("wsgi_hello", "asgi_hello")),
+        FulmenWorkers("fulmen-w2", "Fulmen --workers 2 (a supervisor and 2 workers sharing the socket)",
+                      apps=("wsgi_hello", "asgi_hello")),
+        GunicornGthreadWorkers("gunicorn-gthread-w2", "gunicorn, 2 gthread workers with 4 threads each"),
+        GranianWorkers("granian-w2", "granian as above with --workers 2", apps=("wsgi_hello", "asgi_hello")),
+        UvicornWorkers("uvicorn-w2", "Uvicorn as above with --workers 2", apps=("asgi_hello",)),
     ]
 }
 
@@ -1069,7 +1113,7 @@ class Instance:
         self.ctx, self.server, self.app = ctx, server, app
         self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{server.name}-", dir=ctx.tmp))
-        self.cmd = ["taskset", "-c", SERVER_CPU] + server.command(ctx, app, self.port, self.workdir)
+        self.cmd = ["taskset", "-c", server.cpus()] + server.command(ctx, app, self.port, self.workdir)
         self.log_path = self.workdir / "server.log"
         self.env = env
         self.proc: subprocess.Popen | None = None
@@ -1346,7 +1390,7 @@ def write_docs(ctx: Context, result: dict, rows: list[dict], baselines: dict[str
     for su, scs in result["suites"].items():
         d, w = suite_timing(args, su)
         su_rows = [r for r in rows if r["scenario"] in scs]
-        hello = {"wsgi": "wsgi_hello", "asgi": "asgi_hello", "ws": "ws_echo"}[su]
+        hello = {"wsgi": "wsgi_hello", "asgi": "asgi_hello", "ws": "ws_echo", "workers": "wsgi_hello"}[su]
         sc_lines = "\n".join(f"- `{s}`: {SCENARIOS[s].description}" for s in scs)
         cmd_lines = "\n".join(f"- {k}: `{v.get(hello) or next(iter(v.values()))}`"
                               for k, v in sorted(result["commands"].items(), key=lambda kv: list(SERVERS).index(kv[0]))
@@ -1420,6 +1464,8 @@ def plan(ctx: Context, servers: list[str], scenarios: list[str], unavailable: di
             if name in unavailable:
                 continue
             server = SERVERS[name]
+            if not server.serves_suite(su):
+                continue
             for app in apps:
                 if app not in server.apps:
                     continue
@@ -1502,10 +1548,12 @@ def bench(ctx: Context, servers: list[str], scenarios: list[str]) -> int:
     for su in todo:
         su_rows = [r for r in rows if SCENARIOS[r["scenario"]].suite == su]
         baselines[su] = args.baseline
-        if not any(r["server"] == args.baseline and r["rps"] for r in su_rows):
+        if su in MULTI_WORKER_SUITES and args.baseline == "fulmen":
+            baselines[su] = "fulmen-w2"  # the same server, with the suite's worker count
+        if not any(r["server"] == baselines[su] and r["rps"] for r in su_rows):
             fallback = next((r["server"] for r in su_rows if r["rps"]), None)
             if fallback:
-                log(f"note: no {su} results for baseline {args.baseline!r}; {su} ratios are relative to "
+                log(f"note: no {su} results for baseline {baselines[su]!r}; {su} ratios are relative to "
                     f"{fallback!r} instead")
                 baselines[su] = fallback
     add_ratios(rows, baselines, runs)
@@ -1778,7 +1826,7 @@ def idle_check(ctx: Context, servers: list[str], suites: list[str]) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", choices=["wsgi", "asgi", "ws", "all"], default=None,
+    ap.add_argument("--suite", choices=[*SUITES, "all"], default=None,
                     help="which group of scenarios to run (default all; for --idle-check, asgi)")
     ap.add_argument("--servers", default=None,
                     help=f"comma-separated subset of: {', '.join(SERVERS)} (default: all; each runs the "
