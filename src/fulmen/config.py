@@ -284,18 +284,22 @@ def parse_mode(text: str | int) -> int:
     return int(digits, 8)
 
 
-def parse_allow_ips(value: str | tuple) -> tuple:
-    """--forwarded-allow-ips -> ("*",) or a tuple of ip_network objects."""
+def parse_allow_ips(value: str | tuple) -> tuple[str, ...]:
+    """--forwarded-allow-ips -> ("*",) or a tuple of "unix" and networks as text ("10.0.0.0/8")."""
     if isinstance(value, tuple):
         return value
     items = split_list(value)
     if "*" in items:
         return ("*",)
-    nets = []
+    out = []
     for item in items:
+        if item == "unix":
+            out.append(item)
+            continue
         try:
-            nets.append(ipaddress.ip_network(item.strip("[]"), strict=False))
+            out.append(str(ipaddress.ip_network(item.strip("[]") if "/" not in item else
+                                                item.replace("[", "").replace("]", ""), strict=False)))
         except ValueError:
             raise ConfigError(f"invalid --forwarded-allow-ips {value}: {item!r} is not an IP address or "
-                              "network (e.g. 10.0.0.0/8, ::1, or * for any)") from None
-    return tuple(nets)
+                              "network (e.g. 10.0.0.0/8, ::1, unix for Unix-socket peers, or * for any)") from None
+    return tuple(out)

@@ -141,6 +141,10 @@ def engine_options(cfg: dict[str, Any]) -> dict[str, Any]:
         ws_ping_interval=float(cfg["ws_ping_interval"]),
         ws_ping_timeout=float(cfg["ws_ping_timeout"]),
         ws_per_message_deflate=cfg["ws_per_message_deflate"],
+        limit_concurrency=cfg.get("limit_concurrency") or 0,
+        proxy_headers=cfg.get("proxy_headers", False),
+        forwarded_allow_ips=list(cfg.get("forwarded_allow_ips", ("127.0.0.1",))),
+        proxy_protocol=cfg.get("proxy_protocol", False),
     )
 
 
