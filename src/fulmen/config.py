@@ -44,6 +44,7 @@ class Option:
     takes_value: bool = False  # a bool given as "--flag true|false" (Uvicorn's spelling), not --flag/--no-flag
     multiple: bool = False  # repeatable flag (a list); its variable holds several values (split_list)
     alt_env: str | None = None  # a second variable other servers read, below FULMEN_<NAME>
+    parse: Any = None  # str -> value, raising ValueError("what is wrong; how to fix it")
 
     @property
     def flag(self) -> str:
@@ -65,16 +66,16 @@ OPTIONS: tuple[Option, ...] = (
     # ---- sockets, concurrency and proxies (docs/proxies.md) ----
     Option("bind", str, (), "listen on this address, repeatable: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; "
            "replaces --host/--port (FULMEN_BIND: several separated by spaces or commas)", metavar="ADDRESS",
-           multiple=True),
+           multiple=True, parse=lambda v: parse_bind(v)),
     Option("uds_mode", str, None, "permissions of the Unix sockets Fulmen creates, in octal (e.g. 660); "
-           "default: from the umask", metavar="MODE"),
+           "default: from the umask", metavar="MODE", parse=lambda v: parse_mode(v)),
     Option("limit_concurrency", int, None, "answer 503 and close once more than N connections are open",
            metavar="N", min=1),
     Option("proxy_headers", bool, False, "take the client address and scheme from X-Forwarded-* and "
            "Forwarded headers sent by a trusted proxy (--forwarded-allow-ips)"),
     Option("forwarded_allow_ips", str, "127.0.0.1", "proxies trusted with --proxy-headers: comma-separated "
            "IPs and CIDR networks, or * for any (also read from FORWARDED_ALLOW_IPS)", metavar="IPS",
-           alt_env="FORWARDED_ALLOW_IPS"),
+           alt_env="FORWARDED_ALLOW_IPS", parse=lambda v: parse_allow_ips(v)),
     Option("proxy_protocol", bool, False, "every connection starts with a PROXY protocol v1 or v2 header "
            "(HAProxy, nginx proxy_protocol on): its client address is used, a connection without one is closed"),
     # ---- end of sockets, concurrency and proxies ----
@@ -134,7 +135,7 @@ def convert(opt: Option, value: Any, source: str) -> Any:
         items = split_list(value) if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"invalid {source}: expected a string or a list of strings")
-        one = Option(opt.name, opt.type, None, opt.help)
+        one = Option(opt.name, opt.type, None, opt.help, parse=opt.parse)
         return tuple(convert(one, item, source) for item in items)
     try:
         if opt.type is bool:
@@ -164,6 +165,8 @@ def convert(opt: Option, value: Any, source: str) -> Any:
             raise ValueError("expected a string")
         if opt.choices and value not in opt.choices:
             raise ValueError("choose one of " + ", ".join(opt.choices))
+        if opt.parse is not None:
+            value = opt.parse(value)
     except ValueError as exc:
         raise ConfigError(f"invalid {source}: {exc}") from None
     return value
@@ -246,10 +249,8 @@ def check(cfg: dict[str, Any], from_cli: bool = True) -> dict[str, Any]:
     """Checks that involve several options."""
     if from_cli and not cfg["app"]:
         raise ConfigError(f'no application given: pass APP as "module:attribute" or set {ENV_PREFIX}APP')
-    cfg["bind"] = tuple(parse_bind(b) for b in cfg["bind"])
-    if cfg["uds_mode"] is not None:
-        cfg["uds_mode"] = parse_mode(cfg["uds_mode"])
-    cfg["forwarded_allow_ips"] = parse_allow_ips(cfg["forwarded_allow_ips"])
+    if isinstance(cfg["forwarded_allow_ips"], str):  # the default, not converted
+        cfg["forwarded_allow_ips"] = parse_allow_ips(cfg["forwarded_allow_ips"])
     return cfg
 
 
@@ -262,15 +263,15 @@ def parse_bind(text: str | tuple) -> tuple:
     fix = "use HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N"
     if text.startswith("unix:"):
         if not text[5:]:
-            raise ConfigError(f"invalid --bind {text}: no socket path; {fix}")
+            raise ValueError(f"no socket path; {fix}")
         return ("unix", text[5:])
     if text.startswith("fd://"):
         if not text[5:].isdigit():
-            raise ConfigError(f"invalid --bind {text}: fd:// needs a descriptor number; {fix}")
+            raise ValueError(f"fd:// needs a descriptor number; {fix}")
         return ("fd", int(text[5:]))
     m = re.fullmatch(r"(\[[0-9A-Fa-f:.%\w]*\]|[^:\[\]]*):(\d{1,5})", text)
     if m is None or int(m.group(2)) > 65535:
-        raise ConfigError(f"invalid --bind {text}: {fix} (port 0-65535)")
+        raise ValueError(f"{fix} (port 0-65535)")
     return ("tcp", m.group(1), int(m.group(2)))
 
 
@@ -279,8 +280,7 @@ def parse_mode(text: str | int) -> int:
         return text
     digits = str(text).strip().lower().removeprefix("0o")
     if not re.fullmatch(r"[0-7]{1,4}", digits) or int(digits, 8) > 0o777:
-        raise ConfigError(f"invalid --uds-mode {text}: expected octal permissions such as 660 or 0600 "
-                          "(at most 777)")
+        raise ValueError("expected octal permissions such as 660 or 0600 (at most 777)")
     return int(digits, 8)
 
 
@@ -300,6 +300,6 @@ def parse_allow_ips(value: str | tuple) -> tuple[str, ...]:
             out.append(str(ipaddress.ip_network(item.strip("[]") if "/" not in item else
                                                 item.replace("[", "").replace("]", ""), strict=False)))
         except ValueError:
-            raise ConfigError(f"invalid --forwarded-allow-ips {value}: {item!r} is not an IP address or "
-                              "network (e.g. 10.0.0.0/8, ::1, unix for Unix-socket peers, or * for any)") from None
+            raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8, ::1, unix for "
+                             "Unix-socket peers, or * for any)") from None
     return tuple(out)
