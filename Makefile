@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 JOBS   ?= 2
 APT_PACKAGES := build-essential cmake ninja-build libssl-dev libnghttp2-dev zlib1g-dev libgtest-dev \
-                clang libclang-rt-14-dev wrk nginx-light python3-venv python3-dev chromium
+                clang libclang-rt-14-dev wrk nginx-light libnginx-mod-stream python3-venv python3-dev chromium
 CPP_BUILD := build/cpp
 SAN_BUILD := build/sanitize
 
