@@ -39,6 +39,12 @@ FORWARDED_HEADERS = """
 """
 
 
+def tool_env() -> dict[str, str]:
+    """Our environment without the sanitizer run's LD_PRELOAD and options: nginx is a tool here,
+    not code under test (Fulmen itself keeps them)."""
+    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+
+
 class Nginx:
     def __init__(self, tmp: Path, http_upstream: str | None = None, stream_upstream: str | None = None) -> None:
         self.tmp = tmp
@@ -85,7 +91,7 @@ stream {{
         (tmp / "nginx.conf").write_text("\n".join(conf) + "\n")
         self.proc = subprocess.Popen(
             [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")],
-            env={**os.environ, "NGINX": f"{fd};"}, pass_fds=(fd,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            env={**tool_env(), "NGINX": f"{fd};"}, pass_fds=(fd,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         # nginx owns the socket now: if it dies, connections are refused instead of hanging.
         self.listener.close()
 

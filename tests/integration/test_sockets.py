@@ -208,7 +208,10 @@ def test_systemd_socket_activation_tcp_and_unix(tmp_path):
     os.set_inheritable(pre.fileno(), True)
     # fd 3 in the child is our TCP socket (bash: dash cannot name fds above 9); `exec` keeps the shell's pid, so LISTEN_PID=$$ is
     # systemd-socket-activate's pid, which stays Fulmen's after it execs.
-    script = (f'exec 3<&{pre.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" -l "$1" --fdname=web:local '
+    # systemd-socket-activate gives its child a fresh environment: -E passes on the sanitizer
+    # run's preload (the ASan build of the engine needs it) when there is one.
+    keep = " ".join(f"-E {k}" for k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS") if k in os.environ)
+    script = (f'exec 3<&{pre.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" -l "$1" --fdname=web:local {keep} '
               f'"$2" -m fulmen --no-access-log --app-dir "$3" sd_env:app')
     srv = Server(["bash", "-c", script, SOCKET_ACTIVATE, path, sys.executable, str(APPS)], None, pass_fds=(pre.fileno(),),
                  ready=re.compile(r"Listening on (\S+) as 4\."))
@@ -253,3 +256,23 @@ def test_bad_listen_fds(fds, expected):
                                                    if not k.startswith("LISTEN_")},
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and expected in result.stderr, result.stderr
+
+
+# ---- the same options through fulmen.run() ----------------------------------------------------
+
+def test_run_keyword_arguments():
+    from fulmen import config
+
+    cfg = config.from_kwargs({"bind": ["127.0.0.1:0", "unix:/tmp/x.sock", "[::1]:8000", "fd://7"],
+                              "uds_mode": "0660", "forwarded_allow_ips": "10.0.0.0/8, ::1, unix"})
+    assert cfg["bind"] == (("tcp", "127.0.0.1", 0), ("unix", "/tmp/x.sock"), ("tcp", "[::1]", 8000), ("fd", 7))
+    assert cfg["uds_mode"] == 0o660
+    assert cfg["forwarded_allow_ips"] == ("10.0.0.0/8", "::1/128", "unix")
+    assert config.from_kwargs({"bind": "127.0.0.1:1 127.0.0.1:2"})["bind"] == (("tcp", "127.0.0.1", 1),
+                                                                              ("tcp", "127.0.0.1", 2))
+    assert config.from_kwargs({})["forwarded_allow_ips"] == ("127.0.0.1/32",)
+    for bad in ({"bind": ["nowhere"]}, {"uds_mode": "888"}, {"forwarded_allow_ips": "x"},
+                {"limit_concurrency": 0}, {"bind": 5}):
+        with pytest.raises(ValueError) as info:
+            config.from_kwargs(bad)
+        assert next(iter(bad)) in str(info.value)
