@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import time
@@ -43,6 +44,8 @@ def test_wsgi_trusted_proxy_headers(server):
     assert env["wsgi.url_scheme"] == "https"
     assert env["HTTP_HOST"] == "shop.example:8443"
     assert env["SERVER_NAME"] == "shop.example" and env["SERVER_PORT"] == "8443"
+    # The access log names the client, not the proxy.
+    assert srv._stdout.wait_for(re.compile(r"^198\.51\.100\.7 - - \["), 10), srv.stdout
     # Without proxy headers the same server shows the real peer.
     env = environ(srv)
     assert env["REMOTE_ADDR"] == "127.0.0.1" and env["wsgi.url_scheme"] == "http"
