@@ -74,7 +74,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("proxy_headers", bool, False, "take the client address and scheme from X-Forwarded-* and "
            "Forwarded headers sent by a trusted proxy (--forwarded-allow-ips)"),
     Option("forwarded_allow_ips", str, "127.0.0.1", "proxies trusted with --proxy-headers: comma-separated "
-           "IPs and CIDR networks, unix for Unix-socket peers, or * for any (also read from FORWARDED_ALLOW_IPS)", metavar="IPS",
+           "IPs and CIDR networks, unix for Unix-socket peers, or * for any (also read from "
+           "FORWARDED_ALLOW_IPS)", metavar="IPS",
            alt_env="FORWARDED_ALLOW_IPS", parse=lambda v: parse_allow_ips(v)),
     Option("proxy_protocol", bool, False, "every connection starts with a PROXY protocol v1 or v2 header "
            "(HAProxy, nginx proxy_protocol on): its client address is used, a connection without one is closed"),

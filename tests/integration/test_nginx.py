@@ -62,7 +62,11 @@ class Nginx:
             conf.insert(0, f"load_module {STREAM_MODULE};")
         conf.append("events { worker_connections 128; }")
         if http_upstream:
-            loc = lambda path, headers: f"        location {path} {{{PROXY_COMMON}{headers}        }}\n"  # noqa: E731
+            locations = "".join(
+                f"        location {path} {{{PROXY_COMMON}{headers}        }}\n"
+                for path, headers in (("/", FORWARDED_HEADERS.format(proto="$scheme")),
+                                      ("/tls/", FORWARDED_HEADERS.format(proto="https")),  # as TLS at nginx
+                                      ("/raw/", "")))  # no forwarding headers: nginx's own address
             conf.append(f"""
 http {{
     access_log {tmp}/access.log;
@@ -77,7 +81,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{self.port};
-{loc("/", FORWARDED_HEADERS.format(proto="$scheme"))}{loc("/tls/", FORWARDED_HEADERS.format(proto="https"))}{loc("/raw/", "")}    }}
+{locations}    }}
 }}""")
         if stream_upstream:
             conf.append(f"""

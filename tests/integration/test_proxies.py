@@ -83,7 +83,8 @@ def test_wsgi_malformed_headers_are_ignored_whole(server):
     assert env["REMOTE_ADDR"] == "127.0.0.1" and env["wsgi.url_scheme"] == "http"
 
 
-@pytest.mark.parametrize("allow, env_var", [("*", "FORWARDED_ALLOW_IPS"), ("127.0.0.0/8", "FULMEN_FORWARDED_ALLOW_IPS")])
+@pytest.mark.parametrize("allow, env_var", [("*", "FORWARDED_ALLOW_IPS"),
+                                            ("127.0.0.0/8", "FULMEN_FORWARDED_ALLOW_IPS")])
 def test_allow_list_from_environment(server, allow, env_var):
     srv = server("echo_environ:app", env={"FULMEN_PROXY_HEADERS": "true", env_var: allow})
     env = environ(srv, {"X-Forwarded-For": "203.0.113.9, 127.0.0.5"})

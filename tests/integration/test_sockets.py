@@ -206,14 +206,16 @@ def test_systemd_socket_activation_tcp_and_unix(tmp_path):
     pre.listen()
     port = pre.getsockname()[1]
     os.set_inheritable(pre.fileno(), True)
-    # fd 3 in the child is our TCP socket (bash: dash cannot name fds above 9); `exec` keeps the shell's pid, so LISTEN_PID=$$ is
-    # systemd-socket-activate's pid, which stays Fulmen's after it execs.
+    # fd 3 in the child is our TCP socket (bash: dash cannot name fds above 9); `exec` keeps the
+    # shell's pid, so LISTEN_PID=$$ is systemd-socket-activate's pid, which stays Fulmen's after it
+    # execs.
     # systemd-socket-activate gives its child a fresh environment: -E passes on the sanitizer
     # run's preload (the ASan build of the engine needs it) when there is one.
     keep = " ".join(f"-E {k}" for k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS") if k in os.environ)
     script = (f'exec 3<&{pre.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" -l "$1" --fdname=web:local {keep} '
               f'"$2" -m fulmen --no-access-log --app-dir "$3" sd_env:app')
-    srv = Server(["bash", "-c", script, SOCKET_ACTIVATE, path, sys.executable, str(APPS)], None, pass_fds=(pre.fileno(),),
+    srv = Server(["bash", "-c", script, SOCKET_ACTIVATE, path, sys.executable, str(APPS)], None,
+                 pass_fds=(pre.fileno(),),
                  ready=re.compile(r"Listening on (\S+) as 4\."))
     pre.close()
     try:
@@ -229,7 +231,8 @@ def test_systemd_socket_activation_tcp_and_unix(tmp_path):
         assert data["SERVER_NAME"] == path
         status, body = get(("127.0.0.1", port))
         assert status == 200 and json.loads(body)["SERVER_PORT"] == str(port)
-        assert srv.wait_for_log(r"Listening on fd://3 \(http://127\.0\.0\.1:%d\) from systemd \(web\)" % port), srv.output
+        assert srv.wait_for_log(r"Listening on fd://3 \(http://127\.0\.0\.1:%d\) from systemd \(web\)" % port), \
+            srv.output
         assert srv.wait_for_log(r"Listening on fd://4 \(unix:.*activated\.sock\) from systemd \(local\)"), srv.output
         assert srv.stop() == 0
         assert os.path.exists(path)  # systemd's socket file: not ours to remove
