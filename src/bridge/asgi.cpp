@@ -614,7 +614,8 @@ bool AsgiHandler::Impl::fill_request(PyObject* d, Exchange& ex) noexcept {
     return false;
   }
   PyObject* server = server_tuples[size_t(ex.listener_index())].get();  // borrowed
-  if (fw && (!fw->server_name.empty() || fw->server_port >= 0)) {
+  // A forwarded host, or a forwarded port on a TCP listener (a Unix listener has no host to keep).
+  if (fw && (!fw->server_name.empty() || (fw->server_port >= 0 && server != Py_None))) {
     std::string_view name = fw->server_name;
     if (name.size() >= 2 && name.front() == '[') name = name.substr(1, name.size() - 2);  // IPv6
     Ref host = name.empty() && server != Py_None ? Ref::borrow(PyTuple_GET_ITEM(server, 0))

@@ -135,6 +135,9 @@ def test_asgi_trusted_proxy_headers(server):
     scope = asgi_scope(srv)
     assert scope["scheme"] == "http" and tuple_of(scope["client"])[0] == "127.0.0.1"
     assert tuple_of(scope["server"]) == ["127.0.0.1", srv.port]
+    # Only a port: the listener's host with the forwarded port.
+    scope = asgi_scope(srv, {"X-Forwarded-Port": "8080"})
+    assert tuple_of(scope["server"]) == ["127.0.0.1", 8080] and tuple_of(scope["client"])[0] == "127.0.0.1"
 
 
 def test_asgi_untrusted_peer_is_ignored(server):
