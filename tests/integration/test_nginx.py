@@ -93,15 +93,17 @@ stream {{
     }}
 }}""")
         (tmp / "nginx.conf").write_text("\n".join(conf) + "\n")
+        # Its output goes to a file: nobody reads a pipe, which could fill up and stall nginx.
+        self.output = open(tmp / "output.log", "wb")
         self.proc = subprocess.Popen(
             [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")],
-            env={**tool_env(), "NGINX": f"{fd};"}, pass_fds=(fd,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            env={**tool_env(), "NGINX": f"{fd};"}, pass_fds=(fd,), stdout=self.output, stderr=subprocess.STDOUT)
         # nginx owns the socket now: if it dies, connections are refused instead of hanging.
         self.listener.close()
 
     def log(self) -> str:
-        path = self.tmp / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        paths = (self.tmp / "output.log", self.tmp / "error.log")
+        return "".join(p.read_text(errors="replace") for p in paths if p.exists())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -111,8 +113,7 @@ stream {{
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        self.output.close()
 
 
 @pytest.fixture
