@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 JOBS   ?= 2
 APT_PACKAGES := build-essential cmake ninja-build libssl-dev libnghttp2-dev zlib1g-dev libgtest-dev \
-                clang libclang-rt-14-dev wrk nginx-light python3-venv python3-dev chromium
+                clang libclang-rt-14-dev wrk nginx-light libnginx-mod-stream python3-venv python3-dev chromium
 CPP_BUILD := build/cpp
 SAN_BUILD := build/sanitize
 
@@ -52,7 +52,7 @@ fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DFULMEN_PYTHON=OFF -DFULMEN_FUZZ=ON
 	cmake --build build/fuzz -j $(JOBS)
 	@# Each target for FUZZ_SECONDS; one that crashes does not stop the others, make fails at the end.
-	@failed=; for t in http1 ws ws_deflate; do \
+	@failed=; for t in http1 ws ws_deflate proxy; do \
 	    mkdir -p fuzz/corpus/$$t; \
 	    dict=; if [ -f fuzz/$$t.dict ]; then dict=-dict=fuzz/$$t.dict; fi; \
 	    echo "build/fuzz/fuzz/fuzz_$$t -max_total_time=$${FUZZ_SECONDS:-60} -artifact_prefix=fuzz/regressions/$$t/ $$dict fuzz/corpus/$$t fuzz/seeds/$$t"; \

@@ -46,6 +46,7 @@ bool init_names() noexcept {
   K(http_response_start, "http.response.start"); K(http_response_body, "http.response.body");
   K(set_result, "set_result"); K(done, "done"); K(create_future, "create_future");
   K(http, "http"); K(v1_1, "1.1"); K(v1_0, "1.0"); K(empty_str, ""); K(call_soon, "call_soon");
+  K(https, "https"); K(wss, "wss");
 #undef K
   n->empty_bytes = Ref::steal(PyBytes_FromStringAndSize(nullptr, 0));
   n->asgi_info = Ref::steal(Py_BuildValue("{ssss}", "version", "3.0", "spec_version", "2.4"));
@@ -546,9 +547,7 @@ bool AsgiHandler::Impl::build_scope_proto() noexcept {
   return true;
 }
 
-PyObject* AsgiHandler::Impl::client_tuple(Exchange& ex) noexcept {
-  std::string_view addr = ex.remote_addr();
-  int port = ex.remote_port();
+PyObject* AsgiHandler::Impl::client_tuple(std::string_view addr, int port) noexcept {
   ClientEntry& e = clients[(uint32_t(port) * 2654435761u) >> 26];
   if (e.tuple && e.port == port && e.addr == addr) return Py_NewRef(e.tuple.get());
   Ref host = Ref::steal(PyUnicode_DecodeLatin1(addr.data(), Py_ssize_t(addr.size()), nullptr));
@@ -609,8 +608,29 @@ bool AsgiHandler::Impl::fill_request(PyObject* d, Exchange& ex) noexcept {
     PyList_SET_ITEM(headers.get(), Py_ssize_t(i), pair);
   }
   if (!set_borrowed(N->headers.get(), headers.get())) return false;
-  if (!ex.remote_addr().empty() && !set(N->client.get(), client_tuple(ex))) return false;
-  if (!set_borrowed(N->server.get(), server_tuples[size_t(ex.listener_index())].get())) return false;
+  const http1::ForwardedInfo* fw = ex.forwarded();  // --proxy-headers, from a trusted proxy
+  if (fw && !fw->client.empty()) {
+    if (!set(N->client.get(), client_tuple(fw->client, fw->client_port))) return false;
+  } else if (!ex.remote_addr().empty() && !set(N->client.get(), client_tuple(ex.remote_addr(), ex.remote_port()))) {
+    return false;
+  }
+  PyObject* server = server_tuples[size_t(ex.listener_index())].get();  // borrowed
+  // A forwarded host, or a forwarded port on a TCP listener (a Unix listener has no host to keep).
+  if (fw && (!fw->server_name.empty() || (fw->server_port >= 0 && server != Py_None))) {
+    std::string_view name = fw->server_name;
+    if (name.size() >= 2 && name.front() == '[') name = name.substr(1, name.size() - 2);  // IPv6
+    Ref host = name.empty() && server != Py_None ? Ref::borrow(PyTuple_GET_ITEM(server, 0))
+                                                 : Ref::steal(PyUnicode_DecodeLatin1(name.data(), Py_ssize_t(name.size()), nullptr));
+    int port = fw->server_port >= 0 ? fw->server_port : 0;
+    if (!host || !set(N->server.get(), Py_BuildValue("(Oi)", host.get(), port))) return false;
+  } else if (!set_borrowed(N->server.get(), server)) {
+    return false;
+  }
+  if (fw && !fw->scheme.empty()) {
+    bool tls = fw->scheme == "https";
+    PyObject* scheme = ex.is_websocket() ? (tls ? N->wss.get() : N->ws.get()) : (tls ? N->https.get() : N->http.get());
+    if (!set_borrowed(N->scheme.get(), scheme)) return false;
+  }
   if (state && !set(N->state.get(), PyDict_Copy(state.get()))) return false;
   return true;
 }

@@ -22,7 +22,7 @@ struct Names {
   Ref type, asgi, http_version, method, scheme, path, raw_path, query_string, root_path, headers,
       client, server, state, extensions, body, more_body, status, http_request, http_disconnect,
       http_response_start, http_response_body, set_result, done, create_future, http, v1_1, v1_0,
-      empty_bytes, empty_str, asgi_info, run_helper, call_soon;
+      empty_bytes, empty_str, asgi_info, run_helper, call_soon, https, wss;
   Ref methods[10];
   // WebSocket
   Ref websocket, ws, subprotocols, subprotocol, text, bytes, code, reason, websocket_connect,
@@ -101,7 +101,7 @@ struct AsgiHandler::Impl {
   bool fill_request(PyObject* scope, Exchange& ex) noexcept;
   PyObject* start_task(PyObject* coro) noexcept;  // new ref to the Task, or null (error set)
   bool build_scope_proto() noexcept;
-  PyObject* client_tuple(Exchange& ex) noexcept;  // new ref, or null (error set)
+  PyObject* client_tuple(std::string_view addr, int port) noexcept;  // new ref, or null (error set)
   PyObject* body_message(asgi::CallObject* c) noexcept;  // new ref or null (error set)
   void resolve(PyObject** fut, PyObject* value) noexcept;
   void detach(asgi::CallObject* c) noexcept;

@@ -186,7 +186,8 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
                                  "limit_request_field_size", "limit_request_body",
                                  "graceful_timeout", "interface", "ws", "ws_max_size",
                                  "ws_ping_interval", "ws_ping_timeout", "ws_per_message_deflate",
-                                 nullptr};
+                                 "limit_concurrency", "proxy_headers", "forwarded_allow_ips",
+                                 "proxy_protocol", nullptr};
   PyObject *app, *listeners, *error_log = nullptr;
   int threads = 1, access_log_fd = -1;
   const char* root_path = "";
@@ -198,13 +199,21 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   int ws = 1, ws_deflate = 1;
   long long ws_max_size = 16ll << 20;
   double ws_ping_interval = 20.0, ws_ping_timeout = 20.0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddp", const_cast<char**>(kwlist),
+  long long limit_concurrency = 0;
+  int proxy_headers = 0, proxy_protocol = 0;
+  PyObject* allow_ips = nullptr;  // borrowed: a sequence of "*", "unix", or IP/CIDR strings
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddpLpOp", const_cast<char**>(kwlist),
                                    &app, &listeners, &error_log, &threads, &root_path, &url_scheme,
                                    &access_log_fd, &keep_alive, &header_timeout, &body_timeout,
                                    &line, &fields, &field_size, &body_limit, &graceful, &interface,
                                    &ws, &ws_max_size, &ws_ping_interval, &ws_ping_timeout,
-                                   &ws_deflate))
+                                   &ws_deflate, &limit_concurrency, &proxy_headers, &allow_ips,
+                                   &proxy_protocol))
     return -1;
+  if (limit_concurrency < 0) {
+    PyErr_SetString(PyExc_ValueError, "limit_concurrency must not be negative (0: no limit)");
+    return -1;
+  }
   if (ws_max_size < 0 || ws_ping_interval < 0 || ws_ping_timeout < 0) {
     PyErr_SetString(PyExc_ValueError, "ws_max_size, ws_ping_interval and ws_ping_timeout must not be negative");
     return -1;
@@ -266,6 +275,38 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   cfg.ws_ping_interval_ms = to_ms(ws_ping_interval);
   cfg.ws_ping_timeout_ms = to_ms(ws_ping_timeout);
   cfg.ws_deflate = ws_deflate;
+  cfg.limit_concurrency = uint64_t(limit_concurrency);
+  cfg.proxy_headers = proxy_headers;
+  cfg.proxy_protocol = proxy_protocol;
+  if (allow_ips && allow_ips != Py_None) {
+    Ref items = Ref::steal(PySequence_Fast(allow_ips, "forwarded_allow_ips must be a sequence of strings"));
+    if (!items) return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(items.get()); ++i) {
+      PyObject* item = PySequence_Fast_GET_ITEM(items.get(), i);  // borrowed
+      Py_ssize_t n;
+      const char* text = PyUnicode_Check(item) ? PyUnicode_AsUTF8AndSize(item, &n) : nullptr;
+      if (!text) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "forwarded_allow_ips items must be strings");
+        return -1;
+      }
+      std::string_view t(text, size_t(n));
+      http1::IpNet net;
+      if (t == "*") {
+        cfg.trusted.all = true;
+      } else if (t == "unix") {
+        cfg.trusted.unix_peers = true;
+      } else if (http1::parse_ip_net(t, &net)) {
+        cfg.trusted.nets.push_back(net);
+      } else {
+        PyErr_Format(PyExc_ValueError, "forwarded_allow_ips: %R is not an IP address or network", item);
+        return -1;
+      }
+    }
+  } else {
+    http1::IpNet localhost;
+    http1::parse_ip_net("127.0.0.1", &localhost);
+    cfg.trusted.nets.push_back(localhost);
+  }
 
   auto state = std::make_unique<State>();
   WsgiOptions opts;

@@ -27,6 +27,7 @@ struct Strings {
       wsgi_version, wsgi_url_scheme, wsgi_input, wsgi_errors, wsgi_multithread,
       wsgi_multiprocess, wsgi_run_once, wsgi_input_terminated, wsgi_file_wrapper;
   Ref HTTP_1_1, HTTP_1_0, empty, close;
+  Ref http, https;  // wsgi.url_scheme values from --proxy-headers
   Ref methods[10];  // by http1::Method
 };
 Strings* S = nullptr;  // created once at module init, never freed (module lifetime)
@@ -41,6 +42,8 @@ bool init_strings() noexcept {
   K(CONTENT_LENGTH); K(SERVER_NAME); K(SERVER_PORT); K(SERVER_PROTOCOL); K(REMOTE_ADDR);
   K(REMOTE_PORT); K(RAW_URI); K(HTTP_HOST);
 #undef K
+  s->http = intern("http");
+  s->https = intern("https");
   s->wsgi_version = intern("wsgi.version");
   s->wsgi_url_scheme = intern("wsgi.url_scheme");
   s->wsgi_input = intern("wsgi.input");
@@ -613,6 +616,31 @@ PyObject* WsgiHandler::Impl::build_environ(Exchange& ex, PyObject* input) noexce
   if (!rq.authority.empty()) {
     // Absolute-form target: its authority replaces Host (RFC 9112 section 3.2.2).
     if (!set_steal(d, S->HTTP_HOST.get(), latin1(rq.authority))) return nullptr;
+  }
+  if (const http1::ForwardedInfo* fw = ex.forwarded()) {
+    // --proxy-headers from a trusted proxy: the engine parsed and validated them.
+    auto decimal = [](int v) {
+      char digits[24];
+      size_t nd = base::format_u64(uint64_t(v), digits);
+      PyObject* o = PyUnicode_New(Py_ssize_t(nd), 127);
+      if (o) std::memcpy(PyUnicode_1BYTE_DATA(o), digits, nd);
+      return o;
+    };
+    if (!fw->client.empty()) {
+      if (!set_steal(d, S->REMOTE_ADDR.get(), latin1(fw->client)) ||
+          !set_steal(d, S->REMOTE_PORT.get(), decimal(fw->client_port)))
+        return nullptr;
+    }
+    if (!fw->scheme.empty() &&
+        PyDict_SetItem(d, S->wsgi_url_scheme.get(), fw->scheme == "https" ? S->https.get() : S->http.get()) < 0)
+      return nullptr;
+    if (!fw->host.empty()) {
+      std::string_view name = fw->server_name;
+      if (name.size() >= 2 && name.front() == '[') name = name.substr(1, name.size() - 2);  // IPv6
+      if (!set_steal(d, S->HTTP_HOST.get(), latin1(fw->host)) || !set_steal(d, S->SERVER_NAME.get(), latin1(name)))
+        return nullptr;
+    }
+    if (fw->server_port >= 0 && !set_steal(d, S->SERVER_PORT.get(), decimal(fw->server_port))) return nullptr;
   }
   if (rq.body == http1::BodyKind::kLength) {
     char digits[24];

@@ -15,6 +15,7 @@
 #include "core/base/buffer.hpp"
 #include "core/base/log.hpp"
 #include "core/http1/exchange.hpp"
+#include "core/http1/forwarded.hpp"
 #include "core/net/loop.hpp"
 #include "core/net/timer.hpp"
 #include "core/ws/deflate.hpp"
@@ -59,6 +60,16 @@ struct ServerConfig {
   int64_t ws_ping_interval_ms = 20000; // ping an open WebSocket this often; 0: never
   int64_t ws_ping_timeout_ms = 20000;  // close (1011) if the pong takes longer than this
   bool ws_deflate = true;              // negotiate permessage-deflate when the client offers it
+  // Beyond this many open connections a request is answered 503 and its connection closed
+  // (Uvicorn's --limit-concurrency); 0: no limit. Checked per request, so it costs one compare.
+  uint64_t limit_concurrency = 0;
+  // --proxy-headers: read Forwarded / X-Forwarded-* (forwarded.hpp) on requests from peers in
+  // `trusted` (decided once per connection, on the socket's peer).
+  bool proxy_headers = false;
+  http1::TrustList trusted;
+  // --proxy-protocol: every connection starts with a PROXY v1/v2 header (proxy_protocol.hpp),
+  // whose source address becomes the client's; a connection without a valid one is closed.
+  bool proxy_protocol = false;
 };
 
 // Called around waits that block the calling thread (body reads, write stalls in pool threads).
@@ -140,6 +151,10 @@ class Server {
     else add(counters_.requests_total, 1);
   }
   void access_log(std::string_view line) noexcept;
+  // Loop thread (connection counts are written only there).
+  uint64_t open_connections() const noexcept {
+    return counters_.connections_open.load(std::memory_order_relaxed);
+  }
   void release(http1::Connection* c) noexcept;  // the connection closed: back to the free list
   // Pool mode: hand a connection with a parsed request to an app thread / take it back.
   void dispatch_to_pool(http1::Connection* c) noexcept;

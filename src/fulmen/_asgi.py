@@ -74,14 +74,14 @@ def _uvloop_with_dict(uvloop: Any) -> Callable[[], asyncio.AbstractEventLoop]:
     return Loop
 
 
-def serve_asgi(cfg: dict[str, Any], app: Callable[..., Awaitable[None]], listener: _sockets.Listener,
+def serve_asgi(cfg: dict[str, Any], app: Callable[..., Awaitable[None]], listeners: _sockets.Listeners,
                new_loop: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
-    """Serve the ASGI 3 callable `app` on `listener` until SIGINT/SIGTERM; returns after the
+    """Serve the ASGI 3 callable `app` on `listeners` until SIGINT/SIGTERM; returns after the
     lifespan shutdown. Raises FulmenError (LifespanStartupFailed if the app's startup failed)."""
     loop = (new_loop or loop_factory(cfg["loop"]))()
     try:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(_Runner(cfg, app, listener).main())
+        loop.run_until_complete(_Runner(cfg, app, listeners).main())
     finally:
         try:
             _cancel_all_tasks(loop)
@@ -96,10 +96,10 @@ class _Runner:
     """One run of the main coroutine: lifespan startup, serve, lifespan shutdown."""
 
     def __init__(self, cfg: dict[str, Any], app: Callable[..., Awaitable[None]],
-                 listener: _sockets.Listener) -> None:
+                 listeners: _sockets.Listeners) -> None:
         self.cfg = cfg
         self.app = app
-        self.listener = listener
+        self.listeners = listeners
         self.server: Any = None  # the engine, while it serves
         self.stopping = False  # a first signal came: shut down gracefully
         self.forced = False  # a second one came: stop now, skip the lifespan shutdown (as Uvicorn)
@@ -132,24 +132,28 @@ class _Runner:
             await lifespan.startup()
             state = lifespan.state
         if not self.stopping:  # a signal during startup: skip serving, still run the shutdown
-            self.server = core.Server(self.app, [self.listener.engine_tuple()], interface="asgi",
+            self.server = core.Server(self.app, self.listeners.engine_tuples(), interface="asgi",
                                       **_server.engine_options(self.cfg))
             try:
                 bridge = _bench_bridge()
                 done = (self.server.serve_asyncio(loop, state) if bridge == "reader"
                         else self.server.serve_asyncio(loop, state, bridge=bridge))
             except OSError as exc:
-                raise FulmenError(f"could not start serving on {self.listener.url}: {exc}") from None
-            error_log.info("Listening on %s", self.listener.url)
+                raise FulmenError(f"could not start serving on {self._where()}: {exc}") from None
+            for listener in self.listeners:
+                error_log.info("Listening on %s", listener.url)
             sys.stdout.flush()  # the engine writes access lines to fd 1 directly
             try:
                 await done
             except OSError as exc:
-                raise FulmenError(f"could not serve on {self.listener.url}: {exc}") from None
+                raise FulmenError(f"could not serve on {self._where()}: {exc}") from None
             finally:
                 self.server = None
         if lifespan is not None and not self.forced:
             await lifespan.shutdown()
+
+    def _where(self) -> str:
+        return ", ".join(listener.url for listener in self.listeners)
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():

@@ -1,7 +1,11 @@
-"""Bind the listening socket in Python (the engine never binds): TCP, Unix socket or inherited fd.
+"""Bind the listening sockets in Python (the engine never binds): TCP, Unix sockets, inherited fds
+and systemd socket activation.
 
 Binding here keeps the OS-facing errors (port in use, permission denied, bad host) in one place
 with messages that say what to do, and lets a supervisor hand us a socket with --fd.
+
+Which sockets a server listens on (docs/proxies.md): every --bind, plus --uds and --fd, plus the
+sockets systemd passed (LISTEN_FDS); --host/--port only when none of those gave one.
 """
 
 from __future__ import annotations
@@ -40,20 +44,87 @@ class Listener:
                 pass
 
 
-def bind(cfg: dict) -> Listener:
-    if cfg["fd"] is not None:
-        return from_fd(cfg["fd"])
-    if cfg["uds"] is not None:
-        return bind_unix(cfg["uds"], cfg["backlog"])
-    return bind_tcp(cfg["host"], cfg["port"], cfg["backlog"])
+SD_LISTEN_FDS_START = 3  # systemd passes sockets from fd 3 on (sd_listen_fds(3))
 
 
-def bind_tcp(host: str, port: int, backlog: int) -> Listener:
+class Listeners(list):
+    """The listeners of one server, in the order the engine gets them (its listener index)."""
+
+    def engine_tuples(self) -> list[tuple[int, str, int, bool]]:
+        return [li.engine_tuple() for li in self]
+
+    def close(self) -> None:
+        for li in self:
+            li.close()
+
+
+def bind(cfg: dict, environ=os.environ) -> Listeners:
+    """Every listening socket the options ask for. On an error, those already bound are closed."""
+    out = Listeners()
+    try:
+        uds_mode = cfg.get("uds_mode")
+        for kind, *where in cfg.get("bind", ()):
+            if kind == "unix":
+                out.append(bind_unix(where[0], cfg["backlog"], uds_mode))
+            elif kind == "fd":
+                out.append(from_fd(where[0], flag="--bind fd://"))
+            else:
+                out.append(bind_tcp(where[0], where[1], cfg["backlog"], flag="--bind"))
+        if cfg["uds"] is not None:
+            out.append(bind_unix(cfg["uds"], cfg["backlog"], uds_mode))
+        if cfg["fd"] is not None:
+            out.append(from_fd(cfg["fd"]))
+        out.extend(systemd_listeners(environ))
+        if not out:
+            out.append(bind_tcp(cfg["host"], cfg["port"], cfg["backlog"]))
+        fds = [li.sock.fileno() for li in out]
+        if len(set(fds)) != len(fds):
+            raise FulmenError("the same descriptor is given twice (--fd / --bind fd:// / LISTEN_FDS): "
+                              "pass each socket once")
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
+def systemd_listeners(environ=os.environ) -> list[Listener]:
+    """Sockets passed by systemd socket activation (sd_listen_fds(3)): LISTEN_FDS sockets from fd 3
+    on, when LISTEN_PID is this process. Like sd_listen_fds(unset_environment=1), the variables
+    are removed either way, so that child processes do not take the sockets for theirs."""
+    pid, count, names = (environ.get(k) for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"))
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(key, None)
+    if pid is None or count is None:
+        return []
+    if not pid.strip().isdigit() or int(pid) != os.getpid():
+        return []  # meant for another process (e.g. our parent): not ours to use
+    if not count.strip().isdigit():
+        raise FulmenError(f"LISTEN_FDS={count!r} is not a number of descriptors; "
+                          "is systemd socket activation set up right?")
+    n = int(count)
+    labels = names.split(":") if names else []
+    out = []
+    for i in range(n):
+        fd = SD_LISTEN_FDS_START + i
+        try:
+            li = from_fd(fd, flag="LISTEN_FDS: fd ")
+        except FulmenError:
+            for done in out:
+                done.close()
+            raise
+        os.set_inheritable(fd, False)  # sd_listen_fds sets FD_CLOEXEC too
+        label = labels[i] if i < len(labels) and labels[i] else None
+        li.url = f"{li.url} from systemd" + (f" ({label})" if label else "")
+        out.append(li)
+    return out
+
+
+def bind_tcp(host: str, port: int, backlog: int, flag: str = "--host") -> Listener:
     name = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # "[::1]" -> "::1"
     try:
         infos = socket.getaddrinfo(name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
-        raise FulmenError(f"cannot resolve --host {host!r}: {exc}; use an IP address or a resolvable name") from None
+        raise FulmenError(f"cannot resolve {flag} {host!r}: {exc}; use an IP address or a resolvable name") from None
     # Like socket.create_server: the first address that binds wins (for "localhost" that is one
     # of 127.0.0.1/::1; use an explicit address to choose).
     error: OSError | None = None
@@ -75,13 +146,16 @@ def bind_tcp(host: str, port: int, backlog: int) -> Listener:
     raise _bind_error(error, f"{name}:{port}" if ":" not in name else f"[{name}]:{port}", unix=False)
 
 
-def bind_unix(path: str, backlog: int) -> Listener:
+def bind_unix(path: str, backlog: int, mode: int | None = None) -> Listener:
     if not path:
         raise FulmenError("--uds needs a path")
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        if mode is not None:
+            # Before listen(): nobody can connect while the permissions are still the umask's.
+            os.chmod(path, mode)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
@@ -113,22 +187,22 @@ def _remove_stale_socket(path: str) -> None:
     raise FulmenError(f"another server is listening on unix:{path} — stop it or choose another --uds path")
 
 
-def from_fd(fd: int) -> Listener:
+def from_fd(fd: int, flag: str = "--fd ") -> Listener:
     """Wrap an inherited socket (systemd socket activation, a supervisor...). It must already be
     a listening stream socket: we do not bind or listen on someone else's socket."""
     try:
         mode = os.fstat(fd).st_mode
     except OSError as exc:
-        raise FulmenError(f"--fd {fd}: {exc.strerror}; is the descriptor passed to this process?") from None
+        raise FulmenError(f"{flag}{fd}: {exc.strerror}; is the descriptor passed to this process?") from None
     if not stat.S_ISSOCK(mode):
-        raise FulmenError(f"--fd {fd} is not a socket")
+        raise FulmenError(f"{flag}{fd} is not a socket")
     sock = socket.socket(fileno=fd)
     if sock.type != socket.SOCK_STREAM:
         sock.detach()
-        raise FulmenError(f"--fd {fd} is not a stream (TCP or Unix stream) socket")
+        raise FulmenError(f"{flag}{fd} is not a stream (TCP or Unix stream) socket")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         sock.detach()
-        raise FulmenError(f"--fd {fd} is not listening; call listen() on it before passing it")
+        raise FulmenError(f"{flag}{fd} is not listening; call listen() on it before passing it")
     if sock.family == socket.AF_UNIX:
         path = sock.getsockname()
         path = path.decode(errors="replace") if isinstance(path, bytes) else path

@@ -8,7 +8,9 @@ from (`--port 70000` or `FULMEN_PORT=abc`) and exits 1, the same way from every 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -40,6 +42,9 @@ class Option:
     max: float | None = None
     positional: bool = False
     takes_value: bool = False  # a bool given as "--flag true|false" (Uvicorn's spelling), not --flag/--no-flag
+    multiple: bool = False  # repeatable flag (a list); its variable holds several values (split_list)
+    alt_env: str | None = None  # a second variable other servers read, below FULMEN_<NAME>
+    parse: Any = None  # str -> value, raising ValueError("what is wrong; how to fix it")
 
     @property
     def flag(self) -> str:
@@ -58,6 +63,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("uds", str, None, "bind to this Unix domain socket path instead of --host/--port", metavar="PATH"),
     Option("fd", int, None, "serve on this already-listening inherited socket instead of binding",
            metavar="N", min=0),
+    # ---- sockets, concurrency and proxies (docs/proxies.md) ----
+    Option("bind", str, (), "listen on this address, repeatable: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; "
+           "replaces --host/--port (FULMEN_BIND: several separated by spaces or commas)", metavar="ADDRESS",
+           multiple=True, parse=lambda v: parse_bind(v)),
+    Option("uds_mode", str, None, "permissions of the Unix sockets Fulmen creates, in octal (e.g. 660); "
+           "default: from the umask", metavar="MODE", parse=lambda v: parse_mode(v)),
+    Option("limit_concurrency", int, None, "answer 503 and close once more than N connections are open",
+           metavar="N", min=1),
+    Option("proxy_headers", bool, False, "take the client address and scheme from X-Forwarded-* and "
+           "Forwarded headers sent by a trusted proxy (--forwarded-allow-ips)"),
+    Option("forwarded_allow_ips", str, "127.0.0.1", "proxies trusted with --proxy-headers: comma-separated "
+           "IPs and CIDR networks, unix for Unix-socket peers, or * for any (also read from "
+           "FORWARDED_ALLOW_IPS)", metavar="IPS",
+           alt_env="FORWARDED_ALLOW_IPS", parse=lambda v: parse_allow_ips(v)),
+    Option("proxy_protocol", bool, False, "every connection starts with a PROXY protocol v1 or v2 header "
+           "(HAProxy, nginx proxy_protocol on): its client address is used, a connection without one is closed"),
+    # ---- end of sockets, concurrency and proxies ----
     Option("interface", str, "auto", "application interface; auto tells WSGI from ASGI 3 and ASGI 2 apps",
            choices=INTERFACES),
     Option("loop", str, "auto", "ASGI only: the asyncio event loop; auto uses uvloop when it is installed",
@@ -100,11 +122,22 @@ OPTIONS: tuple[Option, ...] = (
 BY_NAME = {o.name: o for o in OPTIONS}
 
 
+def split_list(text: str) -> list[str]:
+    """A list variable (FULMEN_BIND, FORWARDED_ALLOW_IPS): items separated by commas or whitespace."""
+    return [item for item in re.split(r"[\s,]+", text) if item]
+
+
 def convert(opt: Option, value: Any, source: str) -> Any:
     """Turn `value` (a string from the CLI/environment, or a Python value from run()) into the
     option's type and check it. `source` names it in errors, e.g. "--port 70000"."""
     if value is None and opt.default is None:
         return None
+    if opt.multiple:
+        items = split_list(value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"invalid {source}: expected a string or a list of strings")
+        one = Option(opt.name, opt.type, None, opt.help, parse=opt.parse)
+        return tuple(convert(one, item, source) for item in items)
     try:
         if opt.type is bool:
             if isinstance(value, str):
@@ -133,6 +166,8 @@ def convert(opt: Option, value: Any, source: str) -> Any:
             raise ValueError("expected a string")
         if opt.choices and value not in opt.choices:
             raise ValueError("choose one of " + ", ".join(opt.choices))
+        if opt.parse is not None:
+            value = opt.parse(value)
     except ValueError as exc:
         raise ConfigError(f"invalid {source}: {exc}") from None
     return value
@@ -158,12 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the command line wins over the environment.",
     )
     for opt in OPTIONS:
-        shown = "" if opt.default in (None, "") else f" [default: {_show(opt.default)}]"
+        shown = "" if opt.default in (None, "", ()) else f" [default: {_show(opt.default)}]"
         help_text = f"{opt.help}{shown} [env: {opt.env}]"
         if opt.positional:
             parser.add_argument(opt.name, nargs="?", metavar=opt.metavar, help=help_text)
         elif opt.type is bool and opt.takes_value:
             parser.add_argument(opt.flag, dest=opt.name, default=None, help=help_text, metavar=opt.metavar)
+        elif opt.multiple:
+            parser.add_argument(opt.flag, dest=opt.name, action="append", default=None, help=help_text,
+                                metavar=opt.metavar)
         elif opt.type is bool:
             # --access-log/--no-access-log: None (not given) lets the environment decide.
             parser.add_argument(opt.flag, dest=opt.name, action=argparse.BooleanOptionalAction,
@@ -182,12 +220,16 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> dict[s
     cfg: dict[str, Any] = {}
     for opt in OPTIONS:
         cli = args[opt.name]
-        if cli is not None:
+        if cli is not None and opt.multiple:
+            cfg[opt.name] = tuple(convert(opt, [item], f"{opt.flag} {item}")[0] for item in cli)
+        elif cli is not None:
             shown = ("--" if cli else "--no-") + opt.flag[2:] if opt.type is bool and not opt.takes_value else (
                 cli if opt.positional else f"{opt.flag} {cli}")
             cfg[opt.name] = convert(opt, cli, shown)
         elif environ.get(opt.env):  # set but empty counts as unset, as in Click
             cfg[opt.name] = convert(opt, environ[opt.env], f"{opt.env}={environ[opt.env]}")
+        elif opt.alt_env and environ.get(opt.alt_env):
+            cfg[opt.name] = convert(opt, environ[opt.alt_env], f"{opt.alt_env}={environ[opt.alt_env]}")
         else:
             cfg[opt.name] = opt.default
     return check(cfg)
@@ -208,6 +250,57 @@ def check(cfg: dict[str, Any], from_cli: bool = True) -> dict[str, Any]:
     """Checks that involve several options."""
     if from_cli and not cfg["app"]:
         raise ConfigError(f'no application given: pass APP as "module:attribute" or set {ENV_PREFIX}APP')
-    if cfg["uds"] is not None and cfg["fd"] is not None:
-        raise ConfigError("--uds and --fd both given: choose one way to get the listening socket")
+    if isinstance(cfg["forwarded_allow_ips"], str):  # the default, not converted
+        cfg["forwarded_allow_ips"] = parse_allow_ips(cfg["forwarded_allow_ips"])
     return cfg
+
+
+# ---- sockets, concurrency and proxies: values that need more than a type check ----
+
+def parse_bind(text: str | tuple) -> tuple:
+    """--bind ADDRESS -> ("tcp", host, port) | ("unix", path) | ("fd", n). Already parsed: as is."""
+    if isinstance(text, tuple):
+        return text
+    fix = "use HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N"
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise ValueError(f"no socket path; {fix}")
+        return ("unix", text[5:])
+    if text.startswith("fd://"):
+        if not text[5:].isdigit():
+            raise ValueError(f"fd:// needs a descriptor number; {fix}")
+        return ("fd", int(text[5:]))
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.%\w]*\]|[^:\[\]]*):(\d{1,5})", text)
+    if m is None or int(m.group(2)) > 65535:
+        raise ValueError(f"{fix} (port 0-65535)")
+    return ("tcp", m.group(1), int(m.group(2)))
+
+
+def parse_mode(text: str | int) -> int:
+    if isinstance(text, int) and not isinstance(text, bool) and 0 <= text <= 0o777:
+        return text
+    digits = str(text).strip().lower().removeprefix("0o")
+    if not re.fullmatch(r"[0-7]{1,4}", digits) or int(digits, 8) > 0o777:
+        raise ValueError("expected octal permissions such as 660 or 0600 (at most 777)")
+    return int(digits, 8)
+
+
+def parse_allow_ips(value: str | tuple) -> tuple[str, ...]:
+    """--forwarded-allow-ips -> ("*",) or a tuple of "unix" and networks as text ("10.0.0.0/8")."""
+    if isinstance(value, tuple):
+        return value
+    items = split_list(value)
+    if "*" in items:
+        return ("*",)
+    out = []
+    for item in items:
+        if item == "unix":
+            out.append(item)
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item.strip("[]") if "/" not in item else
+                                                item.replace("[", "").replace("]", ""), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8, ::1, unix for "
+                             "Unix-socket peers, or * for any)") from None
+    return tuple(out)

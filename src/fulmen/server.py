@@ -90,23 +90,24 @@ def serve(cfg: dict[str, Any]) -> None:
             app = _asgi.ASGI2App(app)
 
     raise_open_files_limit()
-    listener = _sockets.bind(cfg)
+    listeners = _sockets.bind(cfg)
     try:
         if kind == "wsgi":
-            _serve_wsgi(cfg, app, listener)
+            _serve_wsgi(cfg, app, listeners)
         else:
-            _asgi.serve_asgi(cfg, app, listener, loop_factory)
+            _asgi.serve_asgi(cfg, app, listeners, loop_factory)
     finally:
-        listener.close()
+        listeners.close()
     error_log.info("Finished")
 
 
-def _serve_wsgi(cfg: dict[str, Any], app: Any, listener: _sockets.Listener) -> None:
+def _serve_wsgi(cfg: dict[str, Any], app: Any, listeners: _sockets.Listeners) -> None:
     core = _load_core()
-    server = core.Server(app, [listener.engine_tuple()], threads=cfg["threads"], **engine_options(cfg))
+    server = core.Server(app, listeners.engine_tuples(), threads=cfg["threads"], **engine_options(cfg))
     error_log.info("Starting Fulmen %s (WSGI, %d thread%s)", __version__, cfg["threads"],
                    "" if cfg["threads"] == 1 else "s")
-    error_log.info("Listening on %s", listener.url)
+    for listener in listeners:
+        error_log.info("Listening on %s", listener.url)
     sys.stdout.flush()  # the engine writes access lines to fd 1 directly
     _run_with_signals(server, cfg["graceful_timeout"])
 
@@ -140,6 +141,10 @@ def engine_options(cfg: dict[str, Any]) -> dict[str, Any]:
         ws_ping_interval=float(cfg["ws_ping_interval"]),
         ws_ping_timeout=float(cfg["ws_ping_timeout"]),
         ws_per_message_deflate=cfg["ws_per_message_deflate"],
+        limit_concurrency=cfg.get("limit_concurrency") or 0,
+        proxy_headers=cfg.get("proxy_headers", False),
+        forwarded_allow_ips=list(cfg.get("forwarded_allow_ips", ("127.0.0.1",))),
+        proxy_protocol=cfg.get("proxy_protocol", False),
     )
 
 

@@ -66,6 +66,7 @@ class TestApp : public http1::AppHandler {
     if (path == "/echo") return echo(ex);
     if (path == "/sum") return sum(ex);
     if (path == "/stats") return stats(ex);
+    if (path == "/peer") return peer(ex);
     if (path == "/stream") return start_stream(ex);
     if (path == "/file") return start_file(ex);
     if (path == "/chunked") {
@@ -127,6 +128,18 @@ class TestApp : public http1::AppHandler {
   }
 
  private:
+  // "addr:port" of the peer, then what trusted proxy headers said: " fwd=client:port scheme host".
+  static void peer(Exchange& ex) {
+    char buf[256];
+    int n = std::snprintf(buf, sizeof buf, "%.*s:%d", int(ex.remote_addr().size()), ex.remote_addr().data(),
+                          ex.remote_port());
+    if (const http1::ForwardedInfo* f = ex.forwarded())
+      n += std::snprintf(buf + n, sizeof buf - size_t(n), " fwd=%.*s:%d %.*s %.*s:%d", int(f->client.size()),
+                         f->client.data(), f->client_port, int(f->scheme.size()), f->scheme.data(),
+                         int(f->server_name.size()), f->server_name.data(), f->server_port);
+    reply(ex, 200, std::string_view(buf, size_t(n)));
+  }
+
   static void reply(Exchange& ex, int status, std::string_view body) {
     char len[24];
     int n = std::snprintf(len, sizeof len, "%zu", body.size());
@@ -1566,6 +1579,123 @@ TEST(ServerPool, StatsAreExactUnderConcurrentRequestsAndReaders) {
   ServerStats st = srv.stats();
   EXPECT_EQ(st.requests_total, uint64_t(kClients * kRequests));
   EXPECT_EQ(st.connections_open, 0u);
+}
+
+// ---- behind a proxy: PROXY protocol, proxy headers, --limit-concurrency ---------------------------
+
+TEST(ServerProxy, ProxyProtocolHeaderInPiecesSetsTheClient) {
+  TestApp app;
+  ServerConfig cfg = test_config();
+  cfg.proxy_protocol = true;
+  Running srv(std::move(cfg), app);
+  Client c(srv.port());
+  std::string header = "PROXY TCP4 203.0.113.9 10.0.0.1 4242 443\r\n";
+  for (char ch : header) ASSERT_TRUE(c.send(std::string_view(&ch, 1)));  // a byte per segment
+  for (int i = 0; i < 2; ++i) {  // every request on the connection
+    ASSERT_TRUE(c.send(get("/peer")));
+    Response r = c.read_response();
+    ASSERT_TRUE(r.ok) << r;
+    EXPECT_EQ(r.body, "203.0.113.9:4242");
+  }
+  // No header: closed without an answer.
+  Client bare(srv.port());
+  ASSERT_TRUE(bare.send(get("/peer")));
+  EXPECT_TRUE(bare.wait_closed(2000));
+  EXPECT_TRUE(bare.pending().empty()) << bare.pending();
+}
+
+TEST(ServerProxy, ProxyHeadersOnlyFromTrustedPeers) {
+  TestApp app;
+  ServerConfig cfg = test_config();
+  cfg.proxy_headers = true;
+  http1::IpNet net;
+  ASSERT_TRUE(http1::parse_ip_net("127.0.0.0/8", &net));
+  cfg.trusted.nets.push_back(net);
+  Running srv(std::move(cfg), app);
+  Client c(srv.port());
+  ASSERT_TRUE(c.send(get("/peer", "X-Forwarded-For: 198.51.100.1, 127.0.0.9\r\nX-Forwarded-Proto: https\r\n")));
+  Response r = c.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  EXPECT_NE(r.body.find(" fwd=198.51.100.1:0 https :-1"), std::string::npos) << r.body;
+  ASSERT_TRUE(c.send(get("/peer")));  // the next request without headers: nothing forwarded
+  r = c.read_response();
+  EXPECT_EQ(r.body.find("fwd="), std::string::npos) << r.body;
+
+  TestApp app2;
+  ServerConfig untrusting = test_config();
+  untrusting.proxy_headers = true;
+  ASSERT_TRUE(http1::parse_ip_net("10.0.0.0/8", &net));
+  untrusting.trusted.nets.push_back(net);
+  Running srv2(std::move(untrusting), app2);
+  Client c2(srv2.port());
+  ASSERT_TRUE(c2.send(get("/peer", "X-Forwarded-For: 198.51.100.1\r\n")));
+  r = c2.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  EXPECT_EQ(r.body.find("fwd="), std::string::npos) << r.body;
+  EXPECT_EQ(r.body.rfind("127.0.0.1:", 0), 0u) << r.body;
+}
+
+TEST(ServerProxy, LimitConcurrencyAnswers503BeyondN) {
+  TestApp app;
+  ServerConfig cfg = test_config();
+  cfg.limit_concurrency = 1;
+  Running srv(std::move(cfg), app);
+  Client first(srv.port());
+  ASSERT_TRUE(first.send(get("/hello")));
+  ASSERT_TRUE(is_hello(first.read_response()));
+  {
+    Client second(srv.port());
+    ASSERT_TRUE(second.send(get("/hello")));
+    Response r = second.read_response();
+    ASSERT_TRUE(r.ok) << r;
+    EXPECT_EQ(r.status, 503);
+    EXPECT_EQ(r.header("connection"), "close");
+    EXPECT_TRUE(second.wait_closed(2000));
+  }
+  // As in Uvicorn, the limit counts every open connection, whichever sends the request: once
+  // `first` is gone, a new connection is served again (when the server has seen the close).
+  first.shutdown_write();
+  EXPECT_TRUE(first.wait_closed(2000));
+  bool served = false;
+  for (int attempt = 0; attempt < 200 && !served; ++attempt) {
+    Client again(srv.port());
+    ASSERT_TRUE(again.send(get("/hello")));
+    Response r = again.read_response();
+    ASSERT_TRUE(r.ok) << r;
+    served = r.status == 200;
+  }
+  EXPECT_TRUE(served);
+}
+
+TEST(ServerProxy, SteadyStateWithProxyFeaturesAllocatesNothing) {
+  TestApp app;
+  ServerConfig cfg = test_config();
+  cfg.proxy_headers = true;
+  cfg.proxy_protocol = true;
+  cfg.limit_concurrency = 100;
+  http1::IpNet net;
+  ASSERT_TRUE(http1::parse_ip_net("127.0.0.1", &net));
+  cfg.trusted.nets.push_back(net);
+  Running srv(std::move(cfg), app);
+  Client c(srv.port());
+  ASSERT_TRUE(c.send("PROXY TCP6 2001:db8::1 ::1 1000 80\r\n"));
+  std::string req = get("/peer", "Forwarded: for=\"[2001:db8::7]:99\";proto=https;host=\"h.example:8443\"\r\n"
+                                 "X-Forwarded-For: 1.1.1.1, 2.2.2.2\r\n");
+  for (int i = 0; i < 100; ++i) {  // warm-up
+    ASSERT_TRUE(c.send(req));
+    ASSERT_TRUE(c.read_response().ok);
+  }
+  ASSERT_TRUE(c.send(get("/stats")));
+  Response before = c.read_response();
+  for (int i = 0; i < 500; ++i) {
+    ASSERT_TRUE(c.send(req));
+    Response r = c.read_response();
+    ASSERT_TRUE(r.ok) << r;
+    ASSERT_EQ(r.body, "2001:db8::1:1000 fwd=2001:db8::7:99 https h.example:8443");
+  }
+  ASSERT_TRUE(c.send(get("/stats")));
+  Response after = c.read_response();
+  EXPECT_EQ(stat_field(after.body, "allocs"), stat_field(before.body, "allocs")) << before.body << " -> " << after.body;
 }
 
 }  // namespace

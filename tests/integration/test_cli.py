@@ -122,7 +122,6 @@ def test_console_script_is_the_same_command():
         (["--limit-request-body", "-1"], {}, ["--limit-request-body -1", "at least 0"]),
         (["--timeout-keep-alive", "soon"], {}, ["--timeout-keep-alive soon", "number"]),
         (["--graceful-timeout", "-1"], {}, ["--graceful-timeout -1", "at least 0"]),
-        (["--uds", "/tmp/x.sock", "--fd", "3"], {}, ["--uds and --fd"]),
         (["--bogus"], {}, ["unrecognized arguments: --bogus"]),
         (["--port"], {}, ["--port", "expected one argument"]),
         ([], {"FULMEN_PORT": "abc"}, ["FULMEN_PORT=abc", "integer"]),

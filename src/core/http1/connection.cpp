@@ -1,5 +1,6 @@
 // HTTP/1.1 connection state machine; see connection.hpp.
 #include "core/http1/connection.hpp"
+#include "core/http1/proxy_protocol.hpp"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -85,7 +86,45 @@ void Connection::open(int fd, const sockaddr* addr, socklen_t len, int listener_
     }
     addr_len_ = uint8_t(strnlen(addr_text_, sizeof addr_text_));
   }
+  const ServerConfig& cfg = server_->config();
+  trusted_peer_ = false;
+  if (cfg.proxy_headers) {
+    if (is_unix) {
+      trusted_peer_ = cfg.trusted.all || cfg.trusted.unix_peers;
+    } else if (addr && addr->sa_family == AF_INET) {
+      trusted_peer_ = cfg.trusted.contains(false, reinterpret_cast<const uint8_t*>(
+                                                      &reinterpret_cast<const sockaddr_in*>(addr)->sin_addr));
+    } else if (addr && addr->sa_family == AF_INET6) {
+      trusted_peer_ = cfg.trusted.contains(true, reinterpret_cast<const sockaddr_in6*>(addr)->sin6_addr.s6_addr);
+    }
+  }
+  proxy_pending_ = cfg.proxy_protocol;
+  fwd_ = ForwardedInfo{};
   arm_timer_for_state();
+}
+
+// --proxy-protocol: the connection's first bytes are a PROXY header. Once it is complete, its
+// source address replaces the peer's and the bytes after it are the first HTTP request.
+bool Connection::take_proxy_header() noexcept {
+  ProxyHeader h;
+  ptrdiff_t r = parse_proxy_header(in_->data(), in_->end(), &h);
+  if (r == kProxyIncomplete) return false;
+  if (r == kProxyError) {
+    // Not a proxy speaking to us (or a broken one): there is nobody to answer in HTTP, and
+    // nothing is logged, so that a scanner cannot flood the log.
+    close_now();
+    return false;
+  }
+  if (h.has_address) {
+    inet_ntop(h.v6 ? AF_INET6 : AF_INET, h.src, addr_text_, sizeof addr_text_);
+    addr_len_ = uint8_t(strnlen(addr_text_, sizeof addr_text_));
+    port_ = h.src_port;
+  }
+  size_t rest = in_->end() - size_t(r);
+  if (rest) std::memmove(in_->data(), in_->data() + r, rest);
+  in_->set_window(0, rest);
+  proxy_pending_ = false;
+  return true;
 }
 
 // ---- event handling --------------------------------------------------------------------------
@@ -331,7 +370,11 @@ Connection::Step Connection::step_read_head() noexcept {
     if (out_ && out_->size() > server_->config().output_high_watermark && !flush()) {
       return failed_ ? Step::kContinue : Step::kWait;
     }
-    if (in_ && in_->end() > 0) {
+    if (proxy_pending_ && in_ && in_->end() > 0) {
+      if (take_proxy_header()) continue;
+      if (state_ == State::kClosed) return Step::kWait;
+      // Incomplete: read more below (the header timer bounds a client that stops here).
+    } else if (in_ && in_->end() > 0) {
       ParseError err = ParseError::kNone;
       req_.headers = headers_.data();
       req_.headers_capacity = headers_.size();
@@ -486,6 +529,17 @@ bool Connection::begin_exchange(size_t head_len) noexcept {
   app_state = nullptr;
   server_->count_request();
   net::TimerList::disarm(timer);
+  if (trusted_peer_) read_forwarded(req_, server_->config().trusted, &fwd_);
+  if (uint64_t limit = server_->config().limit_concurrency;
+      limit && server_->open_connections() > limit) {
+    // Over --limit-concurrency: refuse cheaply and shed the connection (Uvicorn answers 503 too).
+    keep_alive_ = false;
+    write_simple(503, "Service Unavailable: the server is at its concurrency limit\n");
+    finished_ = true;
+    if (server_->config().access_log_fd >= 0) log_access();
+    state_ = State::kClosing;
+    return false;
+  }
   if (!check_upgrade()) return false;  // a refused handshake was answered: kClosing
   if (server_->config().threads > 1) {
     state_ = State::kLent;
@@ -1147,7 +1201,8 @@ void Connection::log_access() noexcept {
     if (h.name.size() == 10 && base::iequals(h.name, "user-agent")) agent = h.value;
   }
   char num[24];
-  put(is_unix_ ? std::string_view("unix") : remote_addr());
+  const ForwardedInfo* fwd = forwarded();
+  put(fwd && !fwd->client.empty() ? fwd->client : addr_len_ ? remote_addr() : std::string_view("unix"));
   put(" - - [");
   put(server_->loop().clock().log_date());
   put("] \"");

@@ -54,6 +54,7 @@ class Connection final : public net::IoHandler, public Exchange {
   std::string_view remote_addr() const noexcept override { return {addr_text_, addr_len_}; }
   int remote_port() const noexcept override { return port_; }
   int listener_index() const noexcept override { return listener_; }
+  const ForwardedInfo* forwarded() const noexcept override { return fwd_.any() ? &fwd_ : nullptr; }
   BodyStatus body_peek(std::string_view* out, bool block) noexcept override;
   void body_consume(size_t n) noexcept override;
   BodyError body_error() const noexcept override { return body_error_; }
@@ -97,6 +98,7 @@ class Connection final : public net::IoHandler, public Exchange {
 
   void drive() noexcept;
   Step step_read_head() noexcept;
+  bool take_proxy_header() noexcept;  // false: not complete yet; closes on a bad header
   Step step_read_body() noexcept;
   bool wants_body_first() noexcept;
   bool step_discard() noexcept;
@@ -157,6 +159,9 @@ class Connection final : public net::IoHandler, public Exchange {
   bool deferred_ = false;    // queued on the server's deferred list
   bool is_unix_ = false;
   bool ws_request_ = false;  // this exchange is a valid WebSocket upgrade request
+  bool proxy_pending_ = false;  // --proxy-protocol: the PROXY header has not been read yet
+  bool trusted_peer_ = false;   // --proxy-headers: the socket's peer is in --forwarded-allow-ips
+  ForwardedInfo fwd_;           // this request's proxy headers (when trusted_peer_)
   int listener_ = 0;
   int port_ = 0;
   uint8_t addr_len_ = 0;

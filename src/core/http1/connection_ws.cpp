@@ -154,6 +154,7 @@ Exchange::StartError Connection::ws_accept(std::string_view subprotocol, const H
     in_->set_window(0, rest);
   }
   head_len_ = body_pos_ = 0;
+  fwd_ = ForwardedInfo{};  // its views pointed into the head
   // No more request heads on this connection: give back the header slots (2 KiB or more), so an
   // idle WebSocket costs the engine about 1 KiB (Connection + WsState, buffers back in the pools).
   std::vector<Header>().swap(headers_);

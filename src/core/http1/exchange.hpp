@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "core/http1/forwarded.hpp"
 #include "core/http1/parser.hpp"
 #include "core/ws/frame.hpp"
 
@@ -35,6 +36,9 @@ class Exchange {
   virtual std::string_view remote_addr() const noexcept = 0;  // "" for unix sockets
   virtual int remote_port() const noexcept = 0;               // 0 for unix sockets
   virtual int listener_index() const noexcept = 0;
+  // --proxy-headers: what a trusted proxy's headers say about this request (views into the head),
+  // or null when the peer is not trusted or the headers say nothing (or are malformed).
+  virtual const ForwardedInfo* forwarded() const noexcept { return nullptr; }
 
   // Body: a view of the next decoded body bytes. block=true waits (poll, GIL released through the
   // server's block hooks) up to the body timeout; the first wait sends "100 Continue" if expected.
