@@ -186,7 +186,7 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
                                  "limit_request_field_size", "limit_request_body",
                                  "graceful_timeout", "interface", "ws", "ws_max_size",
                                  "ws_ping_interval", "ws_ping_timeout", "ws_per_message_deflate",
-                                 nullptr};
+                                 "access_log_format", nullptr};
   PyObject *app, *listeners, *error_log = nullptr;
   int threads = 1, access_log_fd = -1;
   const char* root_path = "";
@@ -198,12 +198,13 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   int ws = 1, ws_deflate = 1;
   long long ws_max_size = 16ll << 20;
   double ws_ping_interval = 20.0, ws_ping_timeout = 20.0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddp", const_cast<char**>(kwlist),
+  const char* access_log_format = nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddpz", const_cast<char**>(kwlist),
                                    &app, &listeners, &error_log, &threads, &root_path, &url_scheme,
                                    &access_log_fd, &keep_alive, &header_timeout, &body_timeout,
                                    &line, &fields, &field_size, &body_limit, &graceful, &interface,
                                    &ws, &ws_max_size, &ws_ping_interval, &ws_ping_timeout,
-                                   &ws_deflate))
+                                   &ws_deflate, &access_log_format))
     return -1;
   if (ws_max_size < 0 || ws_ping_interval < 0 || ws_ping_timeout < 0) {
     PyErr_SetString(PyExc_ValueError, "ws_max_size, ws_ping_interval and ws_ping_timeout must not be negative");
@@ -252,6 +253,13 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   cfg.threads = threads;
   cfg.prefetch_body = !asgi;
   cfg.access_log_fd = access_log_fd;
+  if (access_log_format) {
+    std::string err = cfg.access_format.compile(access_log_format);
+    if (!err.empty()) {
+      PyErr_Format(PyExc_ValueError, "invalid access log format: %s", err.c_str());
+      return -1;
+    }
+  }
   cfg.keep_alive_ms = to_ms(keep_alive);
   cfg.header_timeout_ms = to_ms(header_timeout);
   cfg.body_timeout_ms = to_ms(body_timeout);
@@ -674,9 +682,26 @@ PyGetSetDef server_getset[] = {
 
 PyTypeObject ServerType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
+// Compiles an access-log format without starting anything, so that a bad --access-log-format
+// is reported before the app is imported: returns None, or the error message.
+PyObject* check_access_log_format(PyObject*, PyObject* arg) {
+  Py_ssize_t n;
+  const char* s = PyUnicode_AsUTF8AndSize(arg, &n);
+  if (!s) return nullptr;
+  http1::AccessFormat f;
+  std::string err = f.compile(std::string_view(s, size_t(n)));
+  if (err.empty()) Py_RETURN_NONE;
+  return PyUnicode_FromStringAndSize(err.data(), Py_ssize_t(err.size()));
+}
+
+PyMethodDef module_methods[] = {
+    {"check_access_log_format", check_access_log_format, METH_O,
+     "check_access_log_format(format) -> None, or the message saying what is wrong with it."},
+    {nullptr, nullptr, 0, nullptr}};
+
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_core",
                           "Fulmen's native engine (private: use the fulmen package).", -1,
-                          nullptr};
+                          module_methods};
 
 }  // namespace
 }  // namespace fulmen::bridge

@@ -14,6 +14,7 @@
 
 #include "core/base/buffer.hpp"
 #include "core/base/log.hpp"
+#include "core/http1/access_log.hpp"
 #include "core/http1/exchange.hpp"
 #include "core/net/loop.hpp"
 #include "core/net/timer.hpp"
@@ -40,6 +41,7 @@ struct ServerConfig {
   int64_t body_timeout_ms = 60000;         // longest wait for body bytes or for the peer to read
   int64_t graceful_timeout_ms = 30000;     // stop(): time in-flight requests get to finish
   int access_log_fd = -1;                  // -1: no access log
+  http1::AccessFormat access_format;       // compiled once; rendered per request without allocating
   size_t buffer_size = 64 * 1024;          // the request head budget; the per-connection input
                                            // buffer is this plus kBodySlack, so a head that uses
                                            // the whole budget still leaves room for body bytes
