@@ -187,6 +187,7 @@ class Server {
   base::BufferPool out_pool_;
   base::Buffer access_buf_;
   base::Buffer access_out_;  // swapped with access_buf_ under the lock, written outside it
+  bool access_log_pipe_ = false;  // the access log is a pipe or socket: writes of <= PIPE_BUF
   net::TimerList keep_alive_timers_;
   net::TimerList header_timers_;
   net::TimerList io_timers_;
