@@ -90,18 +90,23 @@ _log_files: dict[str, _LogFile] = {}  # "access" / "error" while open
 
 def setup_logging(cfg: dict[str, Any]) -> None:
     """The error log (stream or --error-logfile, then --log-config) and the access log's file."""
+    opened: dict[str, _LogFile] = {}
+    try:
+        if cfg.get("error_logfile", "-") != "-":
+            f = opened["error"] = _LogFile(cfg["error_logfile"], "--error-logfile")
+            f.stream = open(f.fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+        if cfg["access_log"] and cfg.get("access_logfile", "-") != "-":
+            opened["access"] = _LogFile(cfg["access_logfile"], "--access-logfile")
+    except FulmenError:
+        for f in opened.values():
+            f.close()
+        raise
+    configure_logging(cfg["log_level"], cfg["access_log"], opened["error"].stream if "error" in opened else None)
+    # Files of an earlier run() in this process: closed only now that no handler uses them.
     for f in _log_files.values():
         f.close()
     _log_files.clear()
-    error_stream = None
-    if cfg.get("error_logfile", "-") != "-":
-        f = _LogFile(cfg["error_logfile"], "--error-logfile")
-        f.stream = open(f.fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
-        _log_files["error"] = f
-        error_stream = f.stream
-    if cfg["access_log"] and cfg.get("access_logfile", "-") != "-":
-        _log_files["access"] = _LogFile(cfg["access_logfile"], "--access-logfile")
-    configure_logging(cfg["log_level"], cfg["access_log"], error_stream)
+    _log_files.update(opened)
     if cfg.get("log_config"):
         sources = getattr(cfg, "sources", {})
         given = sources.get("log_level", "cli") != "default"

@@ -354,7 +354,8 @@ TEST(AccessLog, CutsNeverSplitAnEscapeOrACharacter) {
 
 TEST(AccessLog, RenderDoesNotAllocate) {
   Rec t;
-  t.header("User-Agent", std::string(5000, 'u'));
+  const std::string agent(5000, 'u');
+  t.header("User-Agent", agent);
   t.header("Authorization", "Basic dXNlcjpwYXNz");
   t.resp[0] = "v";
   AccessFormat text, json;

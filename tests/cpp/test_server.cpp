@@ -1551,7 +1551,8 @@ TEST(Server, AccessLogCustomFormatAllocatesNothingPerRequest) {
     // The pipe holds 64 KiB and nobody reads it until the end: keep the lines under that.
     for (int i = 0; i < 100; ++i) {  // warm-up: capture buffers, pools, the Buffer's capacity
       ASSERT_TRUE(c.send(get("/hello?i=1", "X-Id: warm\r\n")));
-      ASSERT_TRUE(c.read_response().ok);
+      Response r = c.read_response();
+      ASSERT_TRUE(r.ok) << r;
     }
     ASSERT_TRUE(c.send(get("/stats")));
     Response before = c.read_response();

@@ -169,3 +169,14 @@ def test_no_app_anywhere(tmp_path):
     conf.write_text("port = 0\n")
     result = run_fulmen("--config", str(conf))
     assert result.returncode == 1 and "no application given" in result.stderr
+
+
+def test_every_option_is_in_the_documentation_table():
+    """docs/configuration.md's table lists each option of the table with its variable."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    for opt in config.OPTIONS:
+        flag = "`APP`" if opt.positional else f"`{opt.flag}"
+        assert any(row.startswith(f"| {flag}") and f"`{opt.env}`" in row for row in rows), opt.name
