@@ -22,6 +22,7 @@ import pytest
 
 from conftest import fulmen_env, run_fulmen
 from rawhttp import exchange, wait_until
+from wsclient import TEXT, open_ws
 
 APPS = {"wsgi": "logged:wsgi", "asgi": "logged:asgi"}
 COMBINED = re.compile(r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
@@ -86,6 +87,17 @@ def test_json_lines(server, kind):
     assert first["user_agent"] == 'quote " and \\ back'
     assert first["pid"] == srv.proc.pid and 0 <= first["duration_us"] < 10_000_000
     assert second["path"] == "/raw" and second["user_agent"] == "caf\ufffd\tz", second
+
+
+def test_websocket_is_logged_at_its_101(server):
+    srv = server("asgi_ws:app", "--access-log-format", "%(r)s %(s)s %(B)s %({x-accepted}o)s %({x-missing}o)s")
+    with open_ws(srv.port, "/echo?header=X-Accepted:yes") as ws:
+        ws.send_text("hi")
+        assert ws.recv_message() == (TEXT, b"hi")
+        assert wait_until(lambda: "/echo" in srv.stdout), srv.stdout  # logged once the 101 went out
+        ws.close(1000)
+    srv.stop()
+    assert access_lines(srv) == ["GET /echo?header=X-Accepted:yes HTTP/1.1 101 0 yes -"], srv.stdout
 
 
 @pytest.mark.parametrize("args, env, expected", [
