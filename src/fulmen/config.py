@@ -130,7 +130,6 @@ def _check_access_log_format(value: str) -> str | None:
     return _core.check_access_log_format(value)
 
 
-
 def convert(opt: Option, value: Any, source: str) -> Any:
     """Turn `value` (a string from the CLI/environment, or a Python value from run()) into the
     option's type and check it. `source` names it in errors, e.g. "--port 70000"."""
@@ -225,8 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
     """Options from the command line, the environment and the --config file, checked. Raises
     ConfigError."""
-    parsed = build_parser().parse_args(argv)
-    args = vars(parsed)
+    args = vars(build_parser().parse_args(argv))
     cfg = Settings()
     cfg.sources = {}
     cfg.print_config = bool(args.get("print_config"))
@@ -246,7 +244,8 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settin
         return True
 
     file_values: dict[str, Any] = {}
-    if "config" in BY_NAME and from_cli_or_env(BY_NAME["config"]) and cfg["config"]:
+    # The file is found first (command line, then FULMEN_CONFIG): its values rank below both.
+    if from_cli_or_env(BY_NAME["config"]) and cfg["config"]:
         file_values = load_config_file(cfg["config"])
     for opt in OPTIONS:
         if opt.name in cfg.sources:
