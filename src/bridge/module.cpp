@@ -187,7 +187,7 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
                                  "graceful_timeout", "interface", "ws", "ws_max_size",
                                  "ws_ping_interval", "ws_ping_timeout", "ws_per_message_deflate",
                                  "limit_concurrency", "proxy_headers", "forwarded_allow_ips",
-                                 "proxy_protocol", nullptr};
+                                 "proxy_protocol", "access_log_format", nullptr};
   PyObject *app, *listeners, *error_log = nullptr;
   int threads = 1, access_log_fd = -1;
   const char* root_path = "";
@@ -202,13 +202,14 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   long long limit_concurrency = 0;
   int proxy_headers = 0, proxy_protocol = 0;
   PyObject* allow_ips = nullptr;  // borrowed: a sequence of "*", "unix", or IP/CIDR strings
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddpLpOp", const_cast<char**>(kwlist),
+  const char* access_log_format = nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddpLpOpz", const_cast<char**>(kwlist),
                                    &app, &listeners, &error_log, &threads, &root_path, &url_scheme,
                                    &access_log_fd, &keep_alive, &header_timeout, &body_timeout,
                                    &line, &fields, &field_size, &body_limit, &graceful, &interface,
                                    &ws, &ws_max_size, &ws_ping_interval, &ws_ping_timeout,
                                    &ws_deflate, &limit_concurrency, &proxy_headers, &allow_ips,
-                                   &proxy_protocol))
+                                   &proxy_protocol, &access_log_format))
     return -1;
   if (limit_concurrency < 0) {
     PyErr_SetString(PyExc_ValueError, "limit_concurrency must not be negative (0: no limit)");
@@ -261,6 +262,13 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   cfg.threads = threads;
   cfg.prefetch_body = !asgi;
   cfg.access_log_fd = access_log_fd;
+  if (access_log_format) {
+    std::string err = cfg.access_format.compile(access_log_format);
+    if (!err.empty()) {
+      PyErr_Format(PyExc_ValueError, "invalid access log format: %s", err.c_str());
+      return -1;
+    }
+  }
   cfg.keep_alive_ms = to_ms(keep_alive);
   cfg.header_timeout_ms = to_ms(header_timeout);
   cfg.body_timeout_ms = to_ms(body_timeout);
@@ -715,9 +723,26 @@ PyGetSetDef server_getset[] = {
 
 PyTypeObject ServerType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
+// Compiles an access-log format without starting anything, so that a bad --access-log-format
+// is reported before the app is imported: returns None, or the error message.
+PyObject* check_access_log_format(PyObject*, PyObject* arg) {
+  Py_ssize_t n;
+  const char* s = PyUnicode_AsUTF8AndSize(arg, &n);
+  if (!s) return nullptr;
+  http1::AccessFormat f;
+  std::string err = f.compile(std::string_view(s, size_t(n)));
+  if (err.empty()) Py_RETURN_NONE;
+  return PyUnicode_FromStringAndSize(err.data(), Py_ssize_t(err.size()));
+}
+
+PyMethodDef module_methods[] = {
+    {"check_access_log_format", check_access_log_format, METH_O,
+     "check_access_log_format(format) -> None, or the message saying what is wrong with it."},
+    {nullptr, nullptr, 0, nullptr}};
+
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_core",
                           "Fulmen's native engine (private: use the fulmen package).", -1,
-                          nullptr};
+                          module_methods};
 
 }  // namespace
 }  // namespace fulmen::bridge

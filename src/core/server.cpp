@@ -8,6 +8,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -170,6 +171,9 @@ int Server::run(net::LoopHooks* loop_hooks) noexcept {
 int Server::start(net::LoopHooks* loop_hooks) noexcept {
   loop_hooks_ = loop_hooks;
   base::tune_allocator();  // this process is now a server: see allocator.hpp
+  struct stat st;
+  access_log_pipe_ = config_.access_log_fd >= 0 && fstat(config_.access_log_fd, &st) == 0 &&
+                     (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
   int err = start_listening();
   if (err) finish_run();  // app threads waiting in pool_take() must be released even now
   return err;
@@ -368,7 +372,18 @@ void Server::flush_access_log() noexcept {
     out = &access_out_;
   }
   while (!out->empty()) {
-    ssize_t n = ::write(config_.access_log_fd, out->begin_ptr(), out->size());
+    // Every write() holds whole lines, so processes sharing the log never split each other's:
+    // O_APPEND makes a write to a file atomic whatever its size, but a pipe only up to PIPE_BUF,
+    // so there the batch goes out in pieces of whole lines that fit in PIPE_BUF (a longer line
+    // alone).
+    size_t len = out->size();
+    if (access_log_pipe_ && len > PIPE_BUF) {
+      std::string_view v = out->view();
+      size_t cut = v.rfind('\n', PIPE_BUF - 1);
+      if (cut == std::string_view::npos) cut = v.find('\n');
+      len = cut == std::string_view::npos ? v.size() : cut + 1;
+    }
+    ssize_t n = ::write(config_.access_log_fd, out->begin_ptr(), len);
     if (n > 0) {
       out->consume(size_t(n));
       continue;

@@ -14,6 +14,7 @@
 
 #include "core/base/buffer.hpp"
 #include "core/base/log.hpp"
+#include "core/http1/access_log.hpp"
 #include "core/http1/exchange.hpp"
 #include "core/http1/forwarded.hpp"
 #include "core/net/loop.hpp"
@@ -41,6 +42,7 @@ struct ServerConfig {
   int64_t body_timeout_ms = 60000;         // longest wait for body bytes or for the peer to read
   int64_t graceful_timeout_ms = 30000;     // stop(): time in-flight requests get to finish
   int access_log_fd = -1;                  // -1: no access log
+  http1::AccessFormat access_format;       // compiled once; rendered per request without allocating
   size_t buffer_size = 64 * 1024;          // the request head budget; the per-connection input
                                            // buffer is this plus kBodySlack, so a head that uses
                                            // the whole budget still leaves room for body bytes
@@ -200,6 +202,7 @@ class Server {
   base::BufferPool out_pool_;
   base::Buffer access_buf_;
   base::Buffer access_out_;  // swapped with access_buf_ under the lock, written outside it
+  bool access_log_pipe_ = false;  // the access log is a pipe or socket: writes of <= PIPE_BUF
   net::TimerList keep_alive_timers_;
   net::TimerList header_timers_;
   net::TimerList io_timers_;

@@ -162,6 +162,8 @@ class _Runner:
         previous = {sig: signal.getsignal(sig) for sig in sigs}
         for sig in sigs:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        previous[signal.SIGUSR1] = signal.getsignal(signal.SIGUSR1)
+        loop.add_signal_handler(signal.SIGUSR1, _server.reopen_log_files)  # logrotate
 
         def restore() -> None:
             for sig, handler in previous.items():

@@ -7,6 +7,9 @@ __version__: str
 class ClientDisconnected(OSError):
     """Raised by an ASGI WebSocket send() once the connection is closed or lost."""
 
+def check_access_log_format(format: str) -> str | None:
+    """None if the access-log format compiles, else a one-line message saying what is wrong."""
+
 class Server:
     """One worker's engine: an epoll loop serving HTTP/1.1 on already-listening sockets.
 
@@ -17,6 +20,8 @@ class Server:
       serve_asyncio(), not run()).
     threads: 1 runs the app on the loop thread (fastest); N > 1 runs it in N Python threads.
     access_log_fd: file descriptor the engine writes access-log lines to, -1 for none.
+    access_log_format: "json" or a Gunicorn format ("%(h)s ..."), compiled once; None: Gunicorn's
+      default. An invalid one raises ValueError.
     error_log: called as error_log(message: str, exc: BaseException | None) for app errors and
       engine warnings; it runs with the GIL held and must not raise.
     """
@@ -45,6 +50,7 @@ class Server:
         ws_ping_interval: float = 20.0,
         ws_ping_timeout: float = 20.0,
         ws_per_message_deflate: bool = True,
+        access_log_format: str | None = None,
     ) -> None: ...
     def serve_asyncio(self, loop: Any, state: dict[str, Any] | None = None, *, bridge: str = "reader") -> Any:
         """interface="asgi" only: serve on a running asyncio/uvloop loop (the engine's epoll fd is

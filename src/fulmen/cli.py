@@ -14,6 +14,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ASGI app's lifespan startup failed (as Uvicorn)."""
     try:
         cfg = config.parse_args(argv, os.environ)
+        if cfg.print_config:
+            sys.stdout.write(config.render(cfg))
+            return 0
         from fulmen import server  # not needed for --help/--version or option errors
 
         server.serve(cfg)

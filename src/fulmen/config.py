@@ -1,18 +1,22 @@
-"""The options of Fulmen: one table drives the command line, FULMEN_* variables and validation.
+"""The options of Fulmen: one table drives the command line, FULMEN_* variables, the TOML
+configuration file (--config), --print-config and validation.
 
-Precedence: command line, then the environment (FULMEN_<NAME>), then the default. Values are
-parsed here rather than by argparse so that a bad value gives one line naming where it came
-from (`--port 70000` or `FULMEN_PORT=abc`) and exits 1, the same way from every source.
+Precedence: command line, then the environment (FULMEN_<NAME>), then the configuration file,
+then the default. Values are parsed here rather than by argparse so that a bad value gives one
+line naming where it came from (`--port 70000`, `FULMEN_PORT=abc` or `fulmen.toml: port = "abc"`)
+and exits 1, the same way from every source.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import math
 import re
+import sys
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from fulmen import FulmenError, __version__
 
@@ -22,6 +26,8 @@ INTERFACES = ("auto", "wsgi", "asgi")
 LOOPS = ("auto", "asyncio", "uvloop")
 LIFESPANS = ("auto", "on", "off")
 WS_MODES = ("auto", "on", "off")
+# Gunicorn's default access_log_format (the Apache combined format); the engine's default too.
+ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -45,6 +51,10 @@ class Option:
     multiple: bool = False  # repeatable flag (a list); its variable holds several values (split_list)
     alt_env: str | None = None  # a second variable other servers read, below FULMEN_<NAME>
     parse: Any = None  # str -> value, raising ValueError("what is wrong; how to fix it")
+    unparse: Any = None  # parsed value -> what a config file holds (--print-config)
+    # Extra validation of a converted value: returns None, or what is wrong (a ConfigError names
+    # the source and the value around it).
+    check: Callable[[Any], str | None] | None = None
 
     @property
     def flag(self) -> str:
@@ -66,9 +76,10 @@ OPTIONS: tuple[Option, ...] = (
     # ---- sockets, concurrency and proxies (docs/proxies.md) ----
     Option("bind", str, (), "listen on this address, repeatable: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; "
            "replaces --host/--port (FULMEN_BIND: several separated by spaces or commas)", metavar="ADDRESS",
-           multiple=True, parse=lambda v: parse_bind(v)),
+           multiple=True, parse=lambda v: parse_bind(v), unparse=lambda v: [format_bind(b) for b in v]),
     Option("uds_mode", str, None, "permissions of the Unix sockets Fulmen creates, in octal (e.g. 660); "
-           "default: from the umask", metavar="MODE", parse=lambda v: parse_mode(v)),
+           "default: from the umask", metavar="MODE", parse=lambda v: parse_mode(v),
+           unparse=lambda v: f"{v:o}"),
     Option("limit_concurrency", int, None, "answer 503 and close once more than N connections are open",
            metavar="N", min=1),
     Option("proxy_headers", bool, False, "take the client address and scheme from X-Forwarded-* and "
@@ -76,7 +87,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("forwarded_allow_ips", str, "127.0.0.1", "proxies trusted with --proxy-headers: comma-separated "
            "IPs and CIDR networks, unix for Unix-socket peers, or * for any (also read from "
            "FORWARDED_ALLOW_IPS)", metavar="IPS",
-           alt_env="FORWARDED_ALLOW_IPS", parse=lambda v: parse_allow_ips(v)),
+           alt_env="FORWARDED_ALLOW_IPS", parse=lambda v: parse_allow_ips(v), unparse=",".join),
     Option("proxy_protocol", bool, False, "every connection starts with a PROXY protocol v1 or v2 header "
            "(HAProxy, nginx proxy_protocol on): its client address is used, a connection without one is closed"),
     # ---- end of sockets, concurrency and proxies ----
@@ -93,7 +104,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("app_dir", str, ".", "directory put first on sys.path before importing APP", metavar="DIR"),
     Option("factory", bool, False, "APP is a factory: call it with no arguments to get the application"),
     Option("log_level", str, "info", "error log level", choices=LOG_LEVELS),
-    Option("access_log", bool, True, "write one line per request to stdout"),
+    Option("access_log", bool, True, "write one line per request (to --access-logfile)"),
+    Option("access_log_format", str, ACCESS_LOG_FORMAT, "access-log line: Gunicorn's atoms (%(h)s, %(r)s, "
+           "%(D)s, %({header}i)s, ...; see docs/configuration.md) or json for one JSON object per line",
+           metavar="FORMAT", check=lambda v: _check_access_log_format(v)),
+    Option("access_logfile", str, "-", "file the access log is appended to; - is stdout; reopened on SIGUSR1",
+           metavar="PATH"),
+    Option("error_logfile", str, "-", "file the error log is appended to; - is stderr; reopened on SIGUSR1",
+           metavar="PATH"),
+    Option("log_config", str, None, "logging configuration file: .json or .yaml/.yml (dictConfig), anything "
+           "else as logging.fileConfig; --log-level, when given, still sets fulmen.error's level", metavar="FILE"),
+    Option("config", str, None, "TOML file of options (keys are the option names); the command line and "
+           "FULMEN_* variables override it", metavar="FILE"),
     Option("timeout_keep_alive", float, 5.0, "close idle keep-alive connections after this many seconds",
            metavar="SECONDS", min=0),
     Option("backlog", int, 2048, "maximum number of pending connections (listen backlog)", metavar="N",
@@ -125,6 +147,16 @@ BY_NAME = {o.name: o for o in OPTIONS}
 def split_list(text: str) -> list[str]:
     """A list variable (FULMEN_BIND, FORWARDED_ALLOW_IPS): items separated by commas or whitespace."""
     return [item for item in re.split(r"[\s,]+", text) if item]
+
+
+def _check_access_log_format(value: str) -> str | None:
+    # The engine's own compiler, so the check is exactly what will run. Importing the engine here
+    # is fine (this runs only when a format is given); without it the server fails later anyway.
+    try:
+        from fulmen import _core
+    except ImportError:
+        return None
+    return _core.check_access_log_format(value)
 
 
 def convert(opt: Option, value: Any, source: str) -> Any:
@@ -168,6 +200,9 @@ def convert(opt: Option, value: Any, source: str) -> Any:
             raise ValueError("choose one of " + ", ".join(opt.choices))
         if opt.parse is not None:
             value = opt.parse(value)
+        problem = opt.check(value) if opt.check else None
+        if problem:
+            raise ValueError(problem)
     except ValueError as exc:
         raise ConfigError(f"invalid {source}: {exc}") from None
     return value
@@ -185,16 +220,25 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see fulmen --help)")
 
 
+class Settings(dict):
+    """The effective options (a plain dict to everyone who reads them) and, per option, where its
+    value came from: "cli", "env", "file", "default" (or "run()" for fulmen.run's keywords)."""
+
+    sources: dict[str, str]
+    print_config: bool = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fulmen",
         description="Serve a Python WSGI or ASGI application with Fulmen's C++ HTTP engine.",
-        epilog="Every option can also be set with an environment variable (shown as [env: ...]); "
-        "the command line wins over the environment.",
+        epilog="Every option can also be set with an environment variable (shown as [env: ...]) and as a "
+        "key of the --config file; the command line wins over the environment, which wins over the file.",
     )
     for opt in OPTIONS:
         shown = "" if opt.default in (None, "", ()) else f" [default: {_show(opt.default)}]"
-        help_text = f"{opt.help}{shown} [env: {opt.env}]"
+        # argparse %-formats help texts: literal percent signs (access-log atoms) are doubled.
+        help_text = f"{opt.help}{shown} [env: {opt.env}]".replace("%", "%%")
         if opt.positional:
             parser.add_argument(opt.name, nargs="?", metavar=opt.metavar, help=help_text)
         elif opt.type is bool and opt.takes_value:
@@ -210,29 +254,138 @@ def build_parser() -> argparse.ArgumentParser:
             # Parsed as strings; convert() checks them so errors name the source and exit 1.
             parser.add_argument(opt.flag, dest=opt.name, default=None, help=help_text,
                                 metavar=opt.metavar or ("{" + ",".join(opt.choices) + "}" if opt.choices else None))
+    parser.add_argument("--print-config", action="store_true",
+                        help="print every option's effective value and where it came from (cli, env, file, "
+                             "default), then exit without serving")
     parser.add_argument("--version", action="version", version=f"fulmen {__version__}")
     return parser
 
 
-def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> dict[str, Any]:
-    """Options from the command line and the environment, checked. Raises ConfigError."""
+def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
+    """Options from the command line, the environment and the --config file, checked. Raises
+    ConfigError."""
     args = vars(build_parser().parse_args(argv))
-    cfg: dict[str, Any] = {}
-    for opt in OPTIONS:
+    cfg = Settings()
+    cfg.sources = {}
+    cfg.print_config = bool(args.get("print_config"))
+
+    def from_cli_or_env(opt: Option) -> bool:
         cli = args[opt.name]
         if cli is not None and opt.multiple:
             cfg[opt.name] = tuple(convert(opt, [item], f"{opt.flag} {item}")[0] for item in cli)
+            cfg.sources[opt.name] = "cli"
         elif cli is not None:
             shown = ("--" if cli else "--no-") + opt.flag[2:] if opt.type is bool and not opt.takes_value else (
                 cli if opt.positional else f"{opt.flag} {cli}")
             cfg[opt.name] = convert(opt, cli, shown)
+            cfg.sources[opt.name] = "cli"
         elif environ.get(opt.env):  # set but empty counts as unset, as in Click
             cfg[opt.name] = convert(opt, environ[opt.env], f"{opt.env}={environ[opt.env]}")
+            cfg.sources[opt.name] = "env"
         elif opt.alt_env and environ.get(opt.alt_env):
             cfg[opt.name] = convert(opt, environ[opt.alt_env], f"{opt.alt_env}={environ[opt.alt_env]}")
+            cfg.sources[opt.name] = "env"
+        else:
+            return False
+        return True
+
+    file_values: dict[str, Any] = {}
+    # The file is found first (command line, then FULMEN_CONFIG): its values rank below both.
+    if from_cli_or_env(BY_NAME["config"]) and cfg["config"]:
+        file_values = load_config_file(cfg["config"])
+    for opt in OPTIONS:
+        if opt.name in cfg.sources:
+            continue
+        if from_cli_or_env(opt):
+            continue
+        if opt.name in file_values:
+            cfg[opt.name] = file_values[opt.name]
+            cfg.sources[opt.name] = "file"
         else:
             cfg[opt.name] = opt.default
-    return check(cfg)
+            cfg.sources[opt.name] = "default"
+    check(cfg, from_cli=not cfg.print_config)
+    return cfg
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - depends on the Python running the tests
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ConfigError(f"--config {path}: reading TOML on Python < 3.11 needs the tomli package "
+                              "(pip install tomli)") from None
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """The options a TOML file sets, converted and checked; raises ConfigError naming the file,
+    the key and what to write instead."""
+    data = _read_toml(path)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        opt = BY_NAME.get(name)
+        if opt is None or name == "config":
+            why = ("a config file cannot name another one" if name == "config" else
+                   "not an option; keys are the option names without -- (e.g. port, timeout_keep_alive), "
+                   "see fulmen --help")
+            raise ConfigError(f"config file {path}: unknown key {key!r}: {why}")
+        if name in values:
+            raise ConfigError(f"config file {path}: {key!r} is set twice (as {name} and {name.replace('_', '-')})")
+        source = f"config file {path}: {key} = {_toml_value(value)}"
+        # TOML has types: a string where a number or a boolean belongs is a mistake, not a value
+        # to parse (the environment, where everything is a string, is the place for that).
+        expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[opt.type]
+        if opt.multiple and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            values[name] = convert(opt, value, source)  # e.g. bind = ["0.0.0.0:80", "unix:/run/app.sock"]
+            continue
+        if not isinstance(value, expected) or (opt.type is not bool and isinstance(value, bool)):
+            example = {bool: "true or false", int: "an integer, e.g. 8000",
+                       float: "a number, e.g. 5 or 2.5", str: 'a string in quotes, e.g. "value"'}[opt.type]
+            raise ConfigError(f"invalid {source}: expected {example}")
+        values[name] = convert(opt, value, source)
+    return values
+
+
+def render(cfg: Settings) -> str:
+    """--print-config: every option as TOML (usable as a --config file), with where it came from."""
+    lines = []
+    sources = getattr(cfg, "sources", {})
+    width = max(len(o.name) for o in OPTIONS)
+    for opt in OPTIONS:
+        value = cfg.get(opt.name, opt.default)
+        source = sources.get(opt.name, "default")
+        if opt.unparse is not None and value not in (None, ()):
+            value = opt.unparse(value)
+        if opt.name == "config" and value is not None:
+            # Commented out: the output is itself a valid config file, which cannot name another.
+            lines.append(f"# {opt.name.ljust(width - 2)} = {_toml_value(value)}".ljust(width + 30) + f"  # {source}")
+        elif value is None:
+            lines.append(f"# {opt.name} is not set".ljust(width + 30) + f"  # {source}")
+        else:
+            lines.append(f"{opt.name.ljust(width)} = {_toml_value(value)}".ljust(width + 30) + f"  # {source}")
+    return "\n".join(lines) + "\n"
 
 
 def from_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -240,9 +393,11 @@ def from_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(BY_NAME))
     if unknown:
         raise TypeError(f"run() got unknown option(s): {', '.join(unknown)}")
-    cfg = {opt.name: opt.default for opt in OPTIONS}
+    cfg = Settings((opt.name, opt.default) for opt in OPTIONS)
+    cfg.sources = {opt.name: "default" for opt in OPTIONS}
     for name, value in options.items():
         cfg[name] = convert(BY_NAME[name], value, f"{name}={value!r}")
+        cfg.sources[name] = "run()"
     return check(cfg, from_cli=False)
 
 
@@ -274,6 +429,15 @@ def parse_bind(text: str | tuple) -> tuple:
     if m is None or int(m.group(2)) > 65535:
         raise ValueError(f"{fix} (port 0-65535)")
     return ("tcp", m.group(1), int(m.group(2)))
+
+
+def format_bind(b: tuple) -> str:
+    """The inverse of parse_bind."""
+    if b[0] == "unix":
+        return f"unix:{b[1]}"
+    if b[0] == "fd":
+        return f"fd://{b[1]}"
+    return f"{b[1]}:{b[2]}"
 
 
 def parse_mode(text: str | int) -> int:

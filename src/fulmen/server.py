@@ -6,12 +6,15 @@ which calls only the application (and error_log on errors).
 
 from __future__ import annotations
 
+import json
 import logging
+import logging.config
+import os
 import resource
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, TextIO
 
 from fulmen import FulmenError, __version__, _importer, _sockets
 
@@ -28,10 +31,10 @@ error_log = logging.getLogger("fulmen.error")
 access_log = logging.getLogger("fulmen.access")
 
 
-def configure_logging(level: str, access: bool) -> None:
+def configure_logging(level: str, access: bool, error_stream: TextIO | None = None) -> None:
     logging.addLevelName(TRACE, "TRACE")
     formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
-    for logger, stream in ((error_log, sys.stderr), (access_log, sys.stdout)):
+    for logger, stream in ((error_log, error_stream or sys.stderr), (access_log, sys.stdout)):
         # Replace only handlers we installed, so repeated run() calls do not duplicate lines.
         for h in [h for h in logger.handlers if getattr(h, "_fulmen", False)]:
             logger.removeHandler(h)
@@ -44,6 +47,138 @@ def configure_logging(level: str, access: bool) -> None:
     # The engine writes access lines to stdout itself; this logger exists for lines from Python.
     access_log.setLevel(logging.INFO)
     access_log.disabled = not access
+
+
+class _LogFile:
+    """A log file opened by Fulmen (--access-logfile, --error-logfile). The descriptor stays the
+    same for the process's life: reopen() opens the path again and dup2()s the new file onto it,
+    so the engine (which writes the access log to the descriptor) and the error log's stream
+    follow a rotation without being told."""
+
+    def __init__(self, path: str, option: str) -> None:
+        self.path = path
+        self.option = option
+        self.fd = self._open()
+        self.stream: TextIO | None = None  # the error log's text stream over fd, if any
+
+    def _open(self) -> int:
+        try:
+            # O_APPEND: every write lands at the end, so workers sharing the file never overwrite
+            # each other, and a line written with one write() is never split by another's.
+            return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise FulmenError(f"cannot open {self.option} {self.path}: {exc.strerror or exc}") from None
+
+    def reopen(self) -> None:
+        if self.stream is not None:
+            self.stream.flush()
+        fd = self._open()
+        try:
+            os.dup2(fd, self.fd, inheritable=False)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()  # closes fd too
+        else:
+            os.close(self.fd)
+
+
+_log_files: dict[str, _LogFile] = {}  # "access" / "error" while open
+
+
+def setup_logging(cfg: dict[str, Any]) -> None:
+    """The error log (stream or --error-logfile, then --log-config) and the access log's file."""
+    opened: dict[str, _LogFile] = {}
+    try:
+        if cfg.get("error_logfile", "-") != "-":
+            f = opened["error"] = _LogFile(cfg["error_logfile"], "--error-logfile")
+            f.stream = open(f.fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+        if cfg["access_log"] and cfg.get("access_logfile", "-") != "-":
+            opened["access"] = _LogFile(cfg["access_logfile"], "--access-logfile")
+    except FulmenError:
+        for f in opened.values():
+            f.close()
+        raise
+    configure_logging(cfg["log_level"], cfg["access_log"], opened["error"].stream if "error" in opened else None)
+    # Files of an earlier run() in this process: closed only now that no handler uses them.
+    for f in _log_files.values():
+        f.close()
+    _log_files.clear()
+    _log_files.update(opened)
+    if cfg.get("log_config"):
+        sources = getattr(cfg, "sources", {})
+        given = sources.get("log_level", "cli") != "default"
+        apply_log_config(cfg["log_config"], cfg["log_level"] if given else None)
+
+
+def apply_log_config(path: str, level: str | None) -> None:
+    """--log-config, as Uvicorn reads it: .json and .yaml/.yml are dictConfig dictionaries,
+    anything else is a logging.fileConfig file. Loggers that exist already (Fulmen's own, the
+    app's) stay enabled unless the file says otherwise. `level`, when the user gave --log-level,
+    is then applied to fulmen.error (the file decides otherwise)."""
+    option = f"--log-config {path}"
+    try:
+        if path.endswith(".json"):
+            with open(path, encoding="utf-8") as fh:
+                conf = json.load(fh)
+        elif path.endswith((".yaml", ".yml")):
+            try:
+                import yaml
+            except ImportError:
+                raise FulmenError(f"{option}: reading YAML needs PyYAML (pip install PyYAML); "
+                                  "or write the configuration as .json") from None
+            with open(path, encoding="utf-8") as fh:
+                conf = yaml.safe_load(fh)
+        else:
+            if not os.path.isfile(path):
+                raise FulmenError(f"{option}: no such file")
+            logging.config.fileConfig(path, disable_existing_loggers=False)
+            conf = None
+        if conf is not None:
+            if not isinstance(conf, dict):
+                raise FulmenError(f"{option}: expected a dictConfig mapping (with version: 1)")
+            conf.setdefault("disable_existing_loggers", False)
+            logging.config.dictConfig(conf)
+    except FulmenError:
+        raise
+    except OSError as exc:
+        raise FulmenError(f"{option}: {exc.strerror or exc}") from None
+    except Exception as exc:  # json/yaml syntax, dictConfig/fileConfig ValueError, KeyError, ...
+        raise FulmenError(f"{option}: invalid logging configuration: {type(exc).__name__}: {exc}") from None
+    if level is not None:
+        error_log.setLevel(TRACE if level == "trace" else level.upper())
+
+
+def reopen_log_files() -> None:
+    """SIGUSR1: reopen --access-logfile and --error-logfile (after logrotate moved them)."""
+    for f in list(_log_files.values()):
+        try:
+            f.reopen()
+        except FulmenError as exc:
+            error_log.error("SIGUSR1: %s; still writing to the old file", exc)
+    # Handlers from --log-config that write files (FileHandler and its subclasses) too.
+    for name in [None, *logging.root.manager.loggerDict]:
+        logger = logging.getLogger(name)
+        for h in getattr(logger, "handlers", ()):
+            if isinstance(h, logging.FileHandler) and h.stream is not None:
+                h.acquire()
+                try:  # as Gunicorn's reopen_files
+                    h.stream.close()
+                    h.stream = h._open()
+                except OSError as exc:
+                    error_log.error("SIGUSR1: cannot reopen %s: %s", h.baseFilename, exc)
+                finally:
+                    h.release()
+    error_log.info("Reopened the log files (SIGUSR1)")
+
+
+def _access_log_fd(cfg: dict[str, Any]) -> int:
+    if not cfg["access_log"]:
+        return -1
+    f = _log_files.get("access")
+    return f.fd if f is not None else 1
 
 
 def _log_engine_error(message: str, exc: BaseException | None) -> None:
@@ -79,7 +214,7 @@ def raise_open_files_limit() -> None:
 
 def serve(cfg: dict[str, Any]) -> None:
     """Serve until SIGINT/SIGTERM (or until the engine stops). Raises FulmenError."""
-    configure_logging(cfg["log_level"], cfg["access_log"])
+    setup_logging(cfg)
     app = _importer.load_app(cfg["app"], factory=cfg["factory"], app_dir=cfg["app_dir"])
     kind = interface_of(cfg, app)
     if kind != "wsgi":
@@ -129,7 +264,8 @@ def engine_options(cfg: dict[str, Any]) -> dict[str, Any]:
     return dict(
         error_log=_log_engine_error,
         root_path=cfg["root_path"],
-        access_log_fd=1 if cfg["access_log"] else -1,
+        access_log_fd=_access_log_fd(cfg),
+        access_log_format=cfg.get("access_log_format"),
         timeout_keep_alive=float(cfg["timeout_keep_alive"]),
         limit_request_line=cfg["limit_request_line"] or NO_LIMIT,
         limit_request_fields=cfg["limit_request_fields"] or MAX_HEADER_FIELDS,
@@ -168,6 +304,7 @@ def _run_with_signals(server: Any, graceful_timeout: float) -> None:
             server.stop(graceful=False)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda signum, frame: reopen_log_files())
     # The engine sleeps in C++ epoll_wait; the wakeup fd makes a signal wake it so that Python
     # runs on_signal promptly. A full pipe already means a pending wake-up: no warning needed.
     previous_fd = signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False)

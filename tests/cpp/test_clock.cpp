@@ -25,6 +25,18 @@ TEST(Clock, HttpDateIsImfFixdate) {
   EXPECT_EQ(d.find('\0'), std::string::npos);
 }
 
+TEST(Clock, IsoDateIsRfc3339AndAgreesWithTheLogDate) {
+  Clock c;
+  std::string iso(c.iso_date()), log(c.log_date());
+  ASSERT_EQ(iso.size(), 25u) << iso;
+  tm a{}, b{};
+  const char* end = strptime(iso.c_str(), "%Y-%m-%dT%H:%M:%S+00:00", &a);
+  ASSERT_NE(end, nullptr) << iso;
+  EXPECT_EQ(*end, '\0') << iso;
+  ASSERT_NE(strptime(log.c_str(), "%d/%b/%Y:%H:%M:%S +0000", &b), nullptr) << log;
+  EXPECT_EQ(timegm(&a), timegm(&b)) << iso << " vs " << log;  // the same slot, the same second
+}
+
 TEST(Clock, HttpDateParsesBackToNow) {
   Clock c;
   std::string d(c.http_date());

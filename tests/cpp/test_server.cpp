@@ -23,6 +23,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -1534,6 +1535,143 @@ TEST(Server, AccessLogLine) {
   EXPECT_NE(log.find("] \"GET /hello?x=1 HTTP/1.1\" 200 5 \"http://r/\" \"tester/1.0\"\n"), std::string::npos)
       << log;
 }
+
+namespace {
+std::string read_all(int fd) {
+  std::string log;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) log.append(buf, size_t(n));
+  return log;
+}
+}  // namespace
+
+// A compiled custom format: response headers are captured at start_response, the duration is
+// measured, and with the log on (every per-request path of it) nothing is allocated per request.
+TEST(Server, AccessLogCustomFormatAllocatesNothingPerRequest) {
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  ServerConfig cfg = test_config();
+  cfg.access_log_fd = p[1];
+  ASSERT_EQ(cfg.access_format.compile("%(m)s %(U)s %(q)s %(s)s %(B)s %({content-type}o)s "
+                                      "%({content-length}o)s %({x-none}o)s %({x-id}i)s D=%(D)s"),
+            "");
+  TestApp app;
+  std::string log;
+  {
+    Running srv(cfg, app);
+    Client c(srv.port());
+    // The pipe holds 64 KiB and nobody reads it until the end: keep the lines under that.
+    for (int i = 0; i < 100; ++i) {  // warm-up: capture buffers, pools, the Buffer's capacity
+      ASSERT_TRUE(c.send(get("/hello?i=1", "X-Id: warm\r\n")));
+      Response r = c.read_response();
+      ASSERT_TRUE(r.ok) << r;
+    }
+    ASSERT_TRUE(c.send(get("/stats")));
+    Response before = c.read_response();
+    ASSERT_TRUE(before.ok);
+    for (int i = 0; i < 300; ++i) {
+      ASSERT_TRUE(c.send(get("/hello?i=2", "X-Id: steady\r\n")));
+      ASSERT_TRUE(c.read_response().ok);
+    }
+    ASSERT_TRUE(c.send(get("/stats")));
+    Response after = c.read_response();
+    ASSERT_TRUE(after.ok);
+    EXPECT_EQ(stat_field(after.body, "allocs"), stat_field(before.body, "allocs")) << after.body;
+    ASSERT_TRUE(srv.stop(true));
+  }
+  close(p[1]);
+  log = read_all(p[0]);
+  close(p[0]);
+  size_t at = log.find("GET /hello i=2 200 5 text/plain 5 - steady D=");
+  ASSERT_NE(at, std::string::npos) << log.substr(0, 400);
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 402);
+  size_t nl = log.find('\n', at);
+  std::string d = log.substr(log.find("D=", at) + 2, nl - log.find("D=", at) - 2);
+  ASSERT_FALSE(d.empty());
+  EXPECT_EQ(d.find_first_not_of("0123456789"), std::string::npos) << d;
+  EXPECT_LT(std::stoll(d), 10'000'000) << d;  // microseconds, not a garbage start time
+}
+
+// Two servers (as two worker processes would) share one access log, a pipe or an O_APPEND file,
+// while a slow reader drains the pipe: pipelined requests make batches of lines far over
+// PIPE_BUF, and no line may be split by the other server's.
+class SharedAccessLog : public ::testing::TestWithParam<bool> {};
+
+TEST_P(SharedAccessLog, WorkersNeverSplitEachOthersLines) {
+  const bool use_pipe = GetParam();
+  int wfd, rfd;
+  char path[] = "/tmp/fulmen-access-XXXXXX";
+  if (use_pipe) {
+    int p[2];
+    ASSERT_EQ(pipe(p), 0);
+    rfd = p[0];
+    wfd = p[1];
+  } else {
+    int fd = mkstemp(path);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    wfd = open(path, O_WRONLY | O_APPEND);
+    rfd = open(path, O_RDONLY);
+    unlink(path);
+    ASSERT_GE(wfd, 0);
+    ASSERT_GE(rfd, 0);
+  }
+  std::string log;
+  std::thread reader;
+  if (use_pipe) {
+    reader = std::thread([&] {
+      char buf[512];  // small reads: the writers fill the pipe and have to wait
+      ssize_t n;
+      while ((n = read(rfd, buf, sizeof buf)) > 0) log.append(buf, size_t(n));
+    });
+  }
+  constexpr int kBatches = 30, kPipelined = 8;
+  const std::string pad(3000, 'x');
+  {
+    ServerConfig cfg = test_config();
+    cfg.access_log_fd = wfd;
+    ASSERT_EQ(cfg.access_format.compile("%(q)s %({x-pad}i)s end"), "");
+    TestApp app_a, app_b;
+    Running a(cfg, app_a), b(cfg, app_b);
+    auto client = [&](Running& srv, char id) {
+      Client c(srv.port());
+      for (int i = 0; i < kBatches; ++i) {
+        std::string batch;
+        for (int k = 0; k < kPipelined; ++k)
+          batch += get("/hello?" + std::string(1, id) + std::to_string(i * kPipelined + k), "X-Pad: " + pad + "\r\n");
+        if (!c.send(batch)) return;
+        for (int k = 0; k < kPipelined; ++k)
+          if (!c.read_response().ok) return;
+      }
+    };
+    std::thread ta(client, std::ref(a), 'a'), tb(client, std::ref(b), 'b');
+    ta.join();
+    tb.join();
+    ASSERT_TRUE(a.stop(true));
+    ASSERT_TRUE(b.stop(true));
+  }
+  close(wfd);
+  if (use_pipe) reader.join();
+  else log = read_all(rfd);
+  close(rfd);
+  std::set<std::string> seen;
+  size_t start = 0, bad = 0;
+  while (start < log.size()) {
+    size_t nl = log.find('\n', start);
+    ASSERT_NE(nl, std::string::npos) << "unterminated line at " << start;
+    std::string line = log.substr(start, nl - start);
+    size_t sp = line.find(' ');
+    if (sp == std::string::npos || line.substr(sp) != " " + pad + " end") ++bad;
+    else seen.insert(line.substr(0, sp));
+    start = nl + 1;
+  }
+  EXPECT_EQ(bad, 0u);
+  EXPECT_EQ(seen.size(), size_t(2 * kBatches * kPipelined));
+}
+
+INSTANTIATE_TEST_SUITE_P(PipeAndFile, SharedAccessLog, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Pipe" : "AppendFile"; });
 
 // stats() is called from other threads while the server runs (the Python bridge's Server.stats()
 // from any Python thread), and in pool mode the app threads count requests concurrently. No

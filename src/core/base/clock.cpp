@@ -28,6 +28,8 @@ void Clock::update() noexcept {
                 t.tm_min, t.tm_sec);
   std::snprintf(sl.log, sizeof sl.log, "%02d/%s/%04d:%02d:%02d:%02d +0000", t.tm_mday,
                 kMonths[t.tm_mon], t.tm_year + 1900, t.tm_hour, t.tm_min, t.tm_sec);
+  std::snprintf(sl.iso, sizeof sl.iso, "%04d-%02d-%02dT%02d:%02d:%02d+00:00", t.tm_year + 1900,
+                t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec);
   cur_.store(next, std::memory_order_release);
 }
 

@@ -24,6 +24,10 @@ class Clock {
   std::string_view log_date() const noexcept {
     return {slots_[cur_.load(std::memory_order_acquire)].log, 26};
   }
+  // "2026-11-24T22:30:00+00:00" (RFC 3339) for JSON access lines.
+  std::string_view iso_date() const noexcept {
+    return {slots_[cur_.load(std::memory_order_acquire)].iso, 25};
+  }
 
  private:
   int64_t now_ms_ = 0;
@@ -31,6 +35,7 @@ class Clock {
   struct Slot {
     char http[32] = {};
     char log[32] = {};
+    char iso[64] = {};  // room for any year snprintf could print, not just 4 digits
   };
   Slot slots_[2];
   std::atomic<int> cur_{0};

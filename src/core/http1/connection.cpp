@@ -24,6 +24,12 @@ namespace fulmen::http1 {
 
 namespace {
 
+int64_t monotonic_us() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
 // Bodies at least this large are written straight from the app's memory (writev together with
 // whatever is queued) instead of being copied into the output buffer first.
 constexpr size_t kDirectWrite = 16 * 1024;
@@ -520,6 +526,11 @@ bool Connection::begin_exchange(size_t head_len) noexcept {
   status_ = 0;
   declared_len_ = -1;
   sent_ = 0;
+  if (server_->config().access_log_fd >= 0) {
+    const AccessFormat& fmt = server_->config().access_format;
+    if (fmt.needs_duration()) req_start_us_ = monotonic_us();
+    for (size_t i = 0; i < fmt.response_headers().size(); ++i) resp_cap_len_[i] = kNotCaptured;
+  }
   file_left_ = 0;
   keep_alive_ = req_.keep_alive && !server_->stopping();
   paused_ = false;
@@ -832,6 +843,7 @@ Exchange::StartError Connection::start_response(int status, std::string_view rea
   }
   status_ = status;
   declared_len_ = declared;
+  if (server_->config().access_log_fd >= 0) capture_response_headers(headers, n);
   no_body_ = req_.method_id == Method::kHead || status < 200 || status == 204 || status == 304;
   if (declared < 0 && !no_body_) {
     if (req_.version_minor >= 1) chunked_out_ = true;
@@ -1186,39 +1198,51 @@ void Connection::write_simple(int status, std::string_view body, std::string_vie
 }
 
 void Connection::log_access() noexcept {
-  // Common Log Format plus referer and user agent (Gunicorn's default access format).
-  char line[2048];
-  size_t n = 0;
-  auto put = [&](std::string_view s) {
-    size_t k = std::min(s.size(), sizeof line - 1 - n);
-    std::memcpy(line + n, s.data(), k);
-    n += k;
-  };
-  std::string_view referer = "-", agent = "-";
-  for (size_t i = 0; i < req_.num_headers; ++i) {
-    const Header& h = req_.headers[i];
-    if (h.name.size() == 7 && base::iequals(h.name, "referer")) referer = h.value;
-    if (h.name.size() == 10 && base::iequals(h.name, "user-agent")) agent = h.value;
+  const AccessFormat& fmt = server_->config().access_format;
+  std::string_view resp[AccessFormat::kMaxResponseHeaders];
+  size_t nresp = fmt.response_headers().size();
+  for (size_t i = 0; i < nresp; ++i) {
+    if (resp_cap_ && resp_cap_len_[i] != kNotCaptured)
+      resp[i] = std::string_view(resp_cap_.get() + i * kCaptureBytes, resp_cap_len_[i]);
   }
-  char num[24];
+  AccessRecord r;
+  // The client as the app sees it: a trusted proxy's forwarded one, else the peer (or the
+  // PROXY protocol's source); "" (logged "unix") for a Unix-socket peer.
   const ForwardedInfo* fwd = forwarded();
-  put(fwd && !fwd->client.empty() ? fwd->client : addr_len_ ? remote_addr() : std::string_view("unix"));
-  put(" - - [");
-  put(server_->loop().clock().log_date());
-  put("] \"");
-  put(req_.method);
-  put(" ");
-  put(req_.target.substr(0, 1024));
-  put(req_.version_minor ? " HTTP/1.1\" " : " HTTP/1.0\" ");
-  put(std::string_view(num, base::format_u64(uint64_t(status_), num)));
-  put(" ");
-  put(std::string_view(num, base::format_u64(sent_, num)));
-  put(" \"");
-  put(referer.substr(0, 256));
-  put("\" \"");
-  put(agent.substr(0, 256));
-  put("\"\n");
-  server_->access_log(std::string_view(line, n));
+  if (fwd && !fwd->client.empty()) {
+    r.remote_addr = fwd->client;
+    r.remote_port = fwd->client_port;
+  } else {
+    r.remote_addr = addr_len_ ? remote_addr() : std::string_view();
+    r.remote_port = port_;
+  }
+  r.request = &req_;
+  r.status = status_;
+  r.sent = sent_;
+  if (fmt.needs_duration()) r.duration_us = monotonic_us() - req_start_us_;
+  r.log_date = server_->loop().clock().log_date();
+  r.iso_date = server_->loop().clock().iso_date();
+  if (fmt.needs_pid()) r.pid = int(::getpid());
+  r.response_headers = resp;
+  char line[AccessFormat::kMaxLine];
+  server_->access_log(std::string_view(line, fmt.render(r, line)));
+}
+
+void Connection::capture_response_headers(const Header* headers, size_t n) noexcept {
+  const auto& names = server_->config().access_format.response_headers();
+  if (names.empty()) return;
+  if (!resp_cap_) resp_cap_.reset(new (std::nothrow) char[AccessFormat::kMaxResponseHeaders * kCaptureBytes]);
+  if (!resp_cap_) return;
+  for (size_t j = 0; j < names.size(); ++j) {
+    resp_cap_len_[j] = kNotCaptured;
+    for (size_t i = 0; i < n; ++i) {
+      if (!base::iequals(headers[i].name, names[j])) continue;
+      size_t k = std::min(headers[i].value.size(), kCaptureBytes);
+      if (k) std::memcpy(resp_cap_.get() + j * kCaptureBytes, headers[i].value.data(), k);
+      resp_cap_len_[j] = uint16_t(k);
+      break;  // the first one, as for request headers
+    }
+  }
 }
 
 }  // namespace fulmen::http1

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/base/buffer.hpp"
+#include "core/http1/access_log.hpp"
 #include "core/http1/exchange.hpp"
 #include "core/http1/parser.hpp"
 #include "core/net/loop.hpp"
@@ -116,6 +117,8 @@ class Connection final : public net::IoHandler, public Exchange {
   bool send_continue(bool block) noexcept;
   void kick() noexcept;
   void log_access() noexcept;
+  // Keeps the values of the response headers the access-log format names (%({name}o)s).
+  void capture_response_headers(const Header* headers, size_t n) noexcept;
   void arm_timer_for_state() noexcept;
   void release_buffers() noexcept;
   void ensure_in() noexcept;
@@ -203,6 +206,15 @@ class Connection final : public net::IoHandler, public Exchange {
   int file_fd_ = -1;            // borrowed from the app's file object while file_left_ > 0
   int64_t file_off_ = 0;
   int64_t file_left_ = 0;
+
+  // Access log: only what the compiled format asks for is measured or kept.
+  int64_t req_start_us_ = 0;  // CLOCK_MONOTONIC when the head was complete (%(D)s and friends)
+  static constexpr size_t kCaptureBytes = 512;  // a logged response header value is cut here
+  static constexpr uint16_t kNotCaptured = 0xffff;
+  // kMaxResponseHeaders slots of kCaptureBytes, allocated once per Connection object (they are
+  // recycled), only when the format logs response headers.
+  std::unique_ptr<char[]> resp_cap_;
+  uint16_t resp_cap_len_[AccessFormat::kMaxResponseHeaders] = {};
 
   std::unique_ptr<WsState> ws_;  // only while upgraded
 };

@@ -95,6 +95,7 @@ Exchange::StartError Connection::ws_accept(std::string_view subprotocol, const H
   }
   ws::Handshake& hs = server_->ws_scratch();
   if (ws::parse_upgrade(req_, hs) != ws::HandshakeError::kNone) return StartError::kBadHeader;
+  if (server_->config().access_log_fd >= 0) capture_response_headers(headers, n);
   ws::AcceptValue accept = ws::compute_accept(hs.key);
   ws::DeflateParams deflate;
   ws::ExtensionResponse extension;
