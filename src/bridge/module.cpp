@@ -186,7 +186,8 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
                                  "limit_request_field_size", "limit_request_body",
                                  "graceful_timeout", "interface", "ws", "ws_max_size",
                                  "ws_ping_interval", "ws_ping_timeout", "ws_per_message_deflate",
-                                 nullptr};
+                                 "shutdown_listeners", "supervisor_fd", "heartbeat_interval",
+                                 "max_requests", "multiprocess", nullptr};
   PyObject *app, *listeners, *error_log = nullptr;
   int threads = 1, access_log_fd = -1;
   const char* root_path = "";
@@ -198,13 +199,22 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   int ws = 1, ws_deflate = 1;
   long long ws_max_size = 16ll << 20;
   double ws_ping_interval = 20.0, ws_ping_timeout = 20.0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddp", const_cast<char**>(kwlist),
+  // Set by a supervisor for its workers (src/fulmen/supervisor.py).
+  int shutdown_listeners = 1, supervisor_fd = -1, multiprocess = 0;
+  double heartbeat = 0.0;
+  long long max_requests = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddppidLp", const_cast<char**>(kwlist),
                                    &app, &listeners, &error_log, &threads, &root_path, &url_scheme,
                                    &access_log_fd, &keep_alive, &header_timeout, &body_timeout,
                                    &line, &fields, &field_size, &body_limit, &graceful, &interface,
                                    &ws, &ws_max_size, &ws_ping_interval, &ws_ping_timeout,
-                                   &ws_deflate))
+                                   &ws_deflate, &shutdown_listeners, &supervisor_fd, &heartbeat,
+                                   &max_requests, &multiprocess))
     return -1;
+  if (heartbeat < 0 || max_requests < 0) {
+    PyErr_SetString(PyExc_ValueError, "heartbeat_interval and max_requests must not be negative");
+    return -1;
+  }
   if (ws_max_size < 0 || ws_ping_interval < 0 || ws_ping_timeout < 0) {
     PyErr_SetString(PyExc_ValueError, "ws_max_size, ws_ping_interval and ws_ping_timeout must not be negative");
     return -1;
@@ -266,13 +276,17 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   cfg.ws_ping_interval_ms = to_ms(ws_ping_interval);
   cfg.ws_ping_timeout_ms = to_ms(ws_ping_timeout);
   cfg.ws_deflate = ws_deflate;
+  cfg.shutdown_listeners = shutdown_listeners;
+  cfg.supervisor_fd = supervisor_fd;
+  cfg.heartbeat_interval_ms = to_ms(heartbeat);
+  cfg.max_requests = uint64_t(max_requests);
 
   auto state = std::make_unique<State>();
   WsgiOptions opts;
   opts.root_path = root_path;
   opts.url_scheme = url_scheme;
   opts.multithread = threads > 1;
-  opts.multiprocess = false;
+  opts.multiprocess = multiprocess;
   if (asgi) {
     auto h = AsgiHandler::create(app, error_log, infos, opts);
     if (!h) return -1;

@@ -140,8 +140,7 @@ class _Runner:
                         else self.server.serve_asyncio(loop, state, bridge=bridge))
             except OSError as exc:
                 raise FulmenError(f"could not start serving on {self.listener.url}: {exc}") from None
-            error_log.info("Listening on %s", self.listener.url)
-            sys.stdout.flush()  # the engine writes access lines to fd 1 directly
+            _server.announce_listening(self.cfg, self.listener)
             try:
                 await done
             except OSError as exc:
@@ -154,7 +153,7 @@ class _Runner:
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None  # signals reach only the main thread; the embedder stops us
-        sigs = (signal.SIGINT, signal.SIGTERM)
+        sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
         previous = {sig: signal.getsignal(sig) for sig in sigs}
         for sig in sigs:
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -169,6 +168,8 @@ class _Runner:
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
+        if sig == signal.SIGQUIT and not self.forced:  # Gunicorn's "quick shutdown": stop now
+            self.stopping = True
         if not self.stopping:
             self.stopping = True
             error_log.info("Shutting down (%s): finishing in-flight requests for up to %gs; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -40,6 +41,7 @@ class Option:
     max: float | None = None
     positional: bool = False
     takes_value: bool = False  # a bool given as "--flag true|false" (Uvicorn's spelling), not --flag/--no-flag
+    auto: bool = False  # an int option that also accepts "auto", read as 0
 
     @property
     def flag(self) -> str:
@@ -96,6 +98,19 @@ OPTIONS: tuple[Option, ...] = (
            "this; 0 = wait forever", metavar="SECONDS", min=0),
     Option("ws_per_message_deflate", bool, True, "ASGI only: offer WebSocket compression (permessage-deflate) "
            "to clients that ask for it", metavar="BOOL", takes_value=True),
+    # Workers and their supervisor (src/fulmen/supervisor.py, docs/deployment.md).
+    Option("workers", int, None, "run a supervisor process with this many worker processes; 0 or auto = "
+           "one per CPU; without it Fulmen is a single process", metavar="N|auto", min=0, auto=True),
+    Option("preload", bool, False, "with --workers: import the app once in the supervisor before forking "
+           "the workers (saves memory; HUP then restarts the workers with the same code)"),
+    Option("timeout", float, 30.0, "with --workers: kill and replace a worker whose event loop has not run "
+           "for this many seconds (its Python stack is logged first); 0 = never", metavar="SECONDS", min=0),
+    Option("max_requests", int, 0, "with --workers: restart a worker (gracefully, its replacement started "
+           "first) after this many requests; 0 = never", metavar="N", min=0),
+    Option("max_requests_jitter", int, 0, "with --max-requests: add a random 0..N to each worker's limit, "
+           "so that workers do not all restart at once", metavar="N", min=0),
+    Option("max_rss", int, 0, "with --workers: restart a worker (gracefully, its replacement started first) "
+           "whose resident memory exceeds this many MiB; 0 = never", metavar="MIB", min=0),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -115,6 +130,10 @@ def convert(opt: Option, value: Any, source: str) -> Any:
                 raise ValueError("expected True or False")
         elif opt.type in (int, float):
             kind = "an integer" if opt.type is int else "a number"
+            if opt.auto:
+                kind += ' or "auto"'
+                if isinstance(value, str) and value.strip().lower() == "auto":
+                    value = "0"
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ValueError(f"expected {kind}")
             if opt.type is int and isinstance(value, float):
@@ -210,4 +229,11 @@ def check(cfg: dict[str, Any], from_cli: bool = True) -> dict[str, Any]:
         raise ConfigError(f'no application given: pass APP as "module:attribute" or set {ENV_PREFIX}APP')
     if cfg["uds"] is not None and cfg["fd"] is not None:
         raise ConfigError("--uds and --fd both given: choose one way to get the listening socket")
+    if cfg["workers"] is None:
+        for name in ("preload", "max_requests", "max_requests_jitter", "max_rss"):
+            if cfg[name]:
+                raise ConfigError(f"{BY_NAME[name].flag} needs a supervisor: add --workers N "
+                                  "(--workers 1 for a single supervised worker)")
+    elif cfg["workers"] == 0:
+        cfg["workers"] = os.cpu_count() or 1
     return cfg

@@ -78,27 +78,61 @@ def raise_open_files_limit() -> None:
 
 
 def serve(cfg: dict[str, Any]) -> None:
-    """Serve until SIGINT/SIGTERM (or until the engine stops). Raises FulmenError."""
+    """Serve until SIGINT/SIGTERM (or until the engine stops). Raises FulmenError.
+
+    With --workers (any value, 1 included) a supervisor process binds the socket and forks the
+    workers (src/fulmen/supervisor.py); otherwise this process serves alone, as Uvicorn does."""
     configure_logging(cfg["log_level"], cfg["access_log"])
-    app = _importer.load_app(cfg["app"], factory=cfg["factory"], app_dir=cfg["app_dir"])
-    kind = interface_of(cfg, app)
-    if kind != "wsgi":
-        from fulmen import _asgi
+    if cfg.get("workers") is not None:
+        from fulmen import supervisor
 
-        loop_factory = _asgi.loop_factory(cfg["loop"])  # a missing uvloop is an error before binding
-        if kind == "asgi2":
-            app = _asgi.ASGI2App(app)
-
+        supervisor.Supervisor(cfg).run()
+        return
+    loaded = load(cfg)
     raise_open_files_limit()
     listener = _sockets.bind(cfg)
     try:
-        if kind == "wsgi":
-            _serve_wsgi(cfg, app, listener)
-        else:
-            _asgi.serve_asgi(cfg, app, listener, loop_factory)
+        serve_app(cfg, loaded, listener)
     finally:
         listener.close()
     error_log.info("Finished")
+
+
+def load(cfg: dict[str, Any]) -> tuple[Any, str, Any]:
+    """Import the app and settle how to serve it: (app, kind, loop factory or None). Creates no
+    thread and no event loop, so a supervisor may call it before forking (--preload)."""
+    app = _importer.load_app(cfg["app"], factory=cfg["factory"], app_dir=cfg["app_dir"])
+    kind = interface_of(cfg, app)
+    new_loop = None
+    if kind != "wsgi":
+        from fulmen import _asgi
+
+        new_loop = _asgi.loop_factory(cfg["loop"])  # a missing uvloop is an error before binding
+        if kind == "asgi2":
+            app = _asgi.ASGI2App(app)
+    return app, kind, new_loop
+
+
+def serve_app(cfg: dict[str, Any], loaded: tuple[Any, str, Any], listener: _sockets.Listener) -> None:
+    """Serve an app returned by load() on a bound listener until it is stopped."""
+    app, kind, new_loop = loaded
+    if kind == "wsgi":
+        _serve_wsgi(cfg, app, listener)
+    else:
+        from fulmen import _asgi
+
+        _asgi.serve_asgi(cfg, app, listener, new_loop)
+
+
+def announce_listening(cfg: dict[str, Any], listener: _sockets.Listener) -> None:
+    """The engine serves from now on: say so (a single process) or tell the supervisor (a worker,
+    whose supervisor logs the address once)."""
+    worker = cfg.get("_worker")
+    if worker is None:
+        error_log.info("Listening on %s", listener.url)
+    else:
+        worker.ready()
+    sys.stdout.flush()  # the engine writes access lines to fd 1 directly
 
 
 def _serve_wsgi(cfg: dict[str, Any], app: Any, listener: _sockets.Listener) -> None:
@@ -106,8 +140,7 @@ def _serve_wsgi(cfg: dict[str, Any], app: Any, listener: _sockets.Listener) -> N
     server = core.Server(app, [listener.engine_tuple()], threads=cfg["threads"], **engine_options(cfg))
     error_log.info("Starting Fulmen %s (WSGI, %d thread%s)", __version__, cfg["threads"],
                    "" if cfg["threads"] == 1 else "s")
-    error_log.info("Listening on %s", listener.url)
-    sys.stdout.flush()  # the engine writes access lines to fd 1 directly
+    announce_listening(cfg, listener)
     _run_with_signals(server, cfg["graceful_timeout"])
 
 
@@ -140,6 +173,7 @@ def engine_options(cfg: dict[str, Any]) -> dict[str, Any]:
         ws_ping_interval=float(cfg["ws_ping_interval"]),
         ws_ping_timeout=float(cfg["ws_ping_timeout"]),
         ws_per_message_deflate=cfg["ws_per_message_deflate"],
+        **(cfg["_worker"].engine_options() if cfg.get("_worker") is not None else {}),
     )
 
 
@@ -153,7 +187,11 @@ def _run_with_signals(server: Any, graceful_timeout: float) -> None:
 
     def on_signal(signum: int, frame: Any) -> None:
         nonlocal stopping
-        if not stopping:
+        if signum == signal.SIGQUIT:  # Gunicorn's "quick shutdown"
+            error_log.info("Stopping now (%s)", signal.Signals(signum).name)
+            stopping = True
+            server.stop(graceful=False)
+        elif not stopping:
             stopping = True
             error_log.info("Shutting down (%s): finishing in-flight requests for up to %gs; "
                            "press Ctrl-C again to stop now", signal.Signals(signum).name, graceful_timeout)
@@ -162,7 +200,10 @@ def _run_with_signals(server: Any, graceful_timeout: float) -> None:
             error_log.info("Stopping now (%s)", signal.Signals(signum).name)
             server.stop(graceful=False)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+    # USR1 (reopen log files, as in Gunicorn; a supervisor forwards it to its workers) must never
+    # kill the server: there is nothing to reopen yet, so it is a no-op for now.
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
     # The engine sleeps in C++ epoll_wait; the wakeup fd makes a signal wake it so that Python
     # runs on_signal promptly. A full pipe already means a pending wake-up: no warning needed.
     previous_fd = signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False)

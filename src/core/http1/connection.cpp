@@ -255,7 +255,8 @@ void Connection::stop_if_idle() noexcept {
     return;
   }
   if (state_ == State::kReadHead && (!in_ || in_->end() == 0) && !out_pending()) {
-    // A request may be sitting unread in the socket (no edge seen yet): look before closing.
+    // A request may be sitting unread in the socket (no edge seen yet): serve it now (with
+    // "Connection: close"); an idle connection then waits for its next request or its timeout.
     readable_ = true;
     drive();
   }
@@ -361,10 +362,11 @@ Connection::Step Connection::step_read_head() noexcept {
       }
     }
     if (!readable_) {
-      if (server_->stopping() && (!in_ || in_->end() == 0) && !out_pending()) {
-        close_now();  // stopping, and nothing was asked that we have not answered
-        return Step::kWait;
-      }
+      // Stopping does not close an idle keep-alive connection here: the client may be sending
+      // its next request right now, and a close would race with it (the client sees EOF or a
+      // reset for a request it cannot know was never read). The connection waits for that
+      // request, which is answered with "Connection: close", or for its keep-alive timeout or
+      // the graceful deadline, whichever comes first.
       if (in_ && in_->end() == 0 && !out_pending()) release_buffers();
       if (peer_eof_ && (!in_ || in_->end() == 0)) {
         // The client half-closed and every request it sent is answered: done.
