@@ -134,6 +134,9 @@ class Server {
   ws::Deflater& ws_deflater() noexcept { return ws_deflater_; }
   std::string& ws_deflate_out() noexcept { return ws_deflate_out_; }
   bool stopping() const noexcept { return stopping_.load(std::memory_order_relaxed); }
+  // A stop was asked for, even if the loop has not begun it yet (a signal handler that ran while
+  // the app was running on the loop thread): responses from now on close their connection.
+  bool stop_requested() const noexcept { return stop_request_.load(std::memory_order_relaxed) != 0; }
   // Inline mode, from a blocking wait on the loop thread: runs the embedder's wake-up hook (signal
   // handlers), which may request a stop.
   void service_wakeup() noexcept;

@@ -11,7 +11,7 @@ import resource
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from fulmen import FulmenError, __version__, _importer, _sockets
 
@@ -140,8 +140,9 @@ def _serve_wsgi(cfg: dict[str, Any], app: Any, listener: _sockets.Listener) -> N
     server = core.Server(app, [listener.engine_tuple()], threads=cfg["threads"], **engine_options(cfg))
     error_log.info("Starting Fulmen %s (WSGI, %d thread%s)", __version__, cfg["threads"],
                    "" if cfg["threads"] == 1 else "s")
-    announce_listening(cfg, listener)
-    _run_with_signals(server, cfg["graceful_timeout"])
+    # Announced once the signal handlers are in place: a supervisor may stop a worker as soon as
+    # it is ready, and a TERM before that would kill it instead of stopping it gracefully.
+    _run_with_signals(server, cfg["graceful_timeout"], on_ready=lambda: announce_listening(cfg, listener))
 
 
 def interface_of(cfg: dict[str, Any], app: Any) -> str:
@@ -177,9 +178,10 @@ def engine_options(cfg: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _run_with_signals(server: Any, graceful_timeout: float) -> None:
+def _run_with_signals(server: Any, graceful_timeout: float, on_ready: Callable[[], None] = lambda: None) -> None:
     if threading.current_thread() is not threading.main_thread():
         # Python delivers signals only to the main thread; the caller stops us with server.stop().
+        on_ready()
         server.run()
         return
 
@@ -208,6 +210,7 @@ def _run_with_signals(server: Any, graceful_timeout: float) -> None:
     # runs on_signal promptly. A full pipe already means a pending wake-up: no warning needed.
     previous_fd = signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False)
     try:
+        on_ready()
         server.run()
     finally:
         signal.set_wakeup_fd(previous_fd)

@@ -112,6 +112,7 @@ class Supervisor:
         self.signals: list[int] = []
         self.wake_r = self.wake_w = -1
         self.all_ready = False  # every current worker is ready (logged once per change)
+        self.pid = os.getpid()
 
     # ---- the supervisor's life ----------------------------------------------------------------
 
@@ -321,6 +322,7 @@ class Supervisor:
                 signal.signal(sig, signal.SIG_DFL)
             for sig in _WORKER_IGNORES:
                 signal.signal(sig, signal.SIG_IGN)
+            _stop_with_parent(self.pid)
             os.close(self.wake_r)
             os.close(self.wake_w)
             for other in self.workers.values():
@@ -376,6 +378,8 @@ class Supervisor:
                 error_log.info("Worker %d stopped (%s; %s)", pid, w.reason, how)
             elif not w.ready:
                 self._boot_failed(w, status, how)
+            elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                error_log.info("Worker %d exited (%s, stopped by someone else); starting a new one", pid, how)
             else:
                 error_log.error("Worker %d died (%s); starting a new one", pid, how)
 
@@ -383,8 +387,8 @@ class Supervisor:
         old = [o for o in self.workers.values() if o.stopping_since is None and o.generation < w.generation]
         if old:
             # A reload whose new code does not start: keep serving with the old workers.
-            error_log.error("Reload failed: a new worker could not boot (%s; its error is above); the "
-                            "running workers keep serving", how)
+            error_log.error("Worker %d failed to boot (%s; its error is above): reload failed, the "
+                            "running workers keep serving", w.pid, how)
             for o in list(self.workers.values()):
                 if o.stopping_since is None and o.generation == w.generation:
                     self._stop(o, signal.SIGTERM, "reload failed")
@@ -427,6 +431,21 @@ class Supervisor:
                     error_log.info("Worker %d uses %d MiB, more than --max-rss %d: replacing it", w.pid,
                                    rss // (1024 * 1024), self.max_rss // (1024 * 1024))
                     w.retire = True
+
+
+def _stop_with_parent(supervisor: int) -> None:
+    """A supervisor killed with SIGKILL cannot stop its workers: have the kernel send each one
+    SIGTERM (a graceful stop) when it dies, instead of leaving them serving without a supervisor."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def describe_exit(status: int) -> str:

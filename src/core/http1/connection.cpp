@@ -480,7 +480,7 @@ bool Connection::begin_exchange(size_t head_len) noexcept {
   declared_len_ = -1;
   sent_ = 0;
   file_left_ = 0;
-  keep_alive_ = req_.keep_alive && !server_->stopping();
+  keep_alive_ = req_.keep_alive && !server_->stop_requested();
   paused_ = false;
   detached_ = false;
   want_body_ = false;
@@ -531,7 +531,7 @@ void Connection::on_returned() noexcept {
 // Called once the response is complete (finish) on the thread that owns the connection: decides
 // what happens to the rest of the request body and to the connection. Touches no loop state.
 void Connection::after_response() noexcept {
-  if (server_->stopping()) keep_alive_ = false;
+  if (server_->stop_requested()) keep_alive_ = false;
   if (!body_done_ && body_error_ == BodyError::kNone && keep_alive_) {
     if (continue_pending_) {
       // The client is waiting for our go-ahead that will never come; it may or may not send the
@@ -785,7 +785,7 @@ Exchange::StartError Connection::start_response(int status, std::string_view rea
     if (req_.version_minor >= 1) chunked_out_ = true;
     else keep_alive_ = false;  // HTTP/1.0 without a length: the close delimits the body
   }
-  if (server_->stopping() || ws_request_) keep_alive_ = false;  // a denied upgrade closes
+  if (server_->stop_requested() || ws_request_) keep_alive_ = false;  // a denied upgrade closes
   // A final status before the body we never asked for: the client may still send it, so say we
   // close (RFC 9110 section 10.1.1), and never send 100 after this.
   if (continue_pending_ && !body_done_) keep_alive_ = false;
@@ -1126,7 +1126,7 @@ void Connection::write_simple(int status, std::string_view body, std::string_vie
   o.append(extra);  // whole header lines, each ending in CRLF
   o.append("Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
   o.append(num, base::format_u64(body.size(), num));
-  o.append(keep_alive_ && !server_->stopping() ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
+  o.append(keep_alive_ && !server_->stop_requested() ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
   if (req_.method_id != Method::kHead) o.append(body);
   started_ = true;
   status_ = status;

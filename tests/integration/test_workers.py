@@ -1,0 +1,450 @@
+"""--workers: the supervisor, its signals, and zero lost requests across reloads and worker stops.
+
+The load tests run a Python load client (threads with keep-alive http.client connections) while
+the supervisor reloads or loses workers, and count every failed request and every reset; the
+acceptance test of issue 5 is that a reload or a graceful worker stop loses none.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import LISTENING, Server, run_fulmen
+
+READY = re.compile(r"Ready: (\d+) workers? serving")
+APP = "workers_app:app"
+ASGI_APP = "workers_app:asgi_app"
+
+
+def wait_until(condition, timeout: float = 20.0, what="condition") -> None:
+    """Polls `condition` until it holds; `what` (a string, or a callable for text computed at the
+    time of failure) says what was awaited."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
+        time.sleep(0.02)
+
+
+class Supervised(Server):
+    """A `fulmen --workers` process; ready once every worker is (the "Ready:" line)."""
+
+    def __init__(self, args: list[str], env=None) -> None:
+        super().__init__([sys.executable, "-m", "fulmen", "--port", "0", *args], env, ready=READY)
+        m = LISTENING.search(self.output)
+        assert m, self.output
+        self.port = int(m.group(1).rsplit(":", 1)[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def count(self, pattern: str) -> int:
+        return len(re.findall(pattern, self.output))
+
+    def wait_count(self, pattern: str, n: int, timeout: float = 20.0) -> None:
+        wait_until(lambda: self.count(pattern) >= n, timeout, lambda: f"{n} x {pattern!r} in:\n{self.output}")
+
+    def worker_pids(self) -> set[int]:
+        """The workers running now, from the supervisor's log."""
+        started = {int(p) for p in re.findall(r"Started worker (\d+)", self.output)}
+        gone = {int(p) for p in re.findall(r"Worker (\d+) (?:stopped|died|exited|failed)", self.output)}
+        return started - gone
+
+    def get(self, path: str = "/", timeout: float = 10) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def supervised():
+    started: list[Supervised] = []
+
+    def start(*args: str, app: str = APP, env=None) -> Supervised:
+        srv = Supervised([*args, app], env)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        pids = srv.worker_pids()
+        srv.kill()
+        for pid in pids:  # the workers stop with their supervisor (PDEATHSIG); make sure
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class Load:
+    """`clients` threads, each sending GET / in a loop on one keep-alive connection (reconnecting
+    only when the server says Connection: close). Every exception and non-200 is a failure."""
+
+    def __init__(self, port: int, clients: int = 6) -> None:
+        self.port = port
+        self.ok = 0
+        self.failures: list[str] = []
+        self.pids: set[str] = set()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self.stopping.is_set():
+            try:
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                body = resp.read().decode()
+                with self.lock:
+                    if resp.status == 200 and body.startswith("ok "):
+                        self.ok += 1
+                        self.pids.add(body[3:])
+                    else:
+                        self.failures.append(f"status {resp.status}: {body!r}")
+            except Exception as exc:  # ECONNRESET, EOF (RemoteDisconnected), refused, timeout...
+                with self.lock:
+                    self.failures.append(repr(exc))
+                conn.close()
+        conn.close()
+
+    def wait_more(self, n: int, timeout: float = 20.0) -> None:
+        target = self.ok + n
+        wait_until(lambda: self.ok >= target or self.failures, timeout, f"{n} more responses")
+
+    def finish(self) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(15)
+
+
+# ---- options ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, env, expected",
+    [
+        (["--workers", "many"], {}, ["--workers many", 'an integer or "auto"']),
+        (["--workers", "-1"], {}, ["--workers -1", "at least 0"]),
+        ([], {"FULMEN_WORKERS": "1.5"}, ["FULMEN_WORKERS=1.5", "integer"]),
+        (["--timeout", "-1"], {}, ["--timeout -1", "at least 0"]),
+        (["--max-requests", "-5", "--workers", "1"], {}, ["--max-requests -5", "at least 0"]),
+        (["--max-requests-jitter", "x", "--workers", "1"], {}, ["--max-requests-jitter x", "integer"]),
+        (["--max-rss", "-1", "--workers", "1"], {}, ["--max-rss -1", "at least 0"]),
+        (["--max-requests", "100"], {}, ["--max-requests needs a supervisor", "--workers"]),
+        (["--max-rss", "100"], {}, ["--max-rss needs a supervisor"]),
+        (["--preload"], {}, ["--preload needs a supervisor"]),
+        ([], {"FULMEN_MAX_REQUESTS": "10"}, ["--max-requests needs a supervisor"]),
+    ],
+)
+def test_invalid_worker_options(args, env, expected):
+    result = run_fulmen("hello:app", *args, env=env)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: "), result.stderr
+    for text in expected:
+        assert text in last, (text, last)
+
+
+def test_workers_auto_is_one_per_cpu(supervised):
+    srv = supervised(env={"FULMEN_WORKERS": "auto"})
+    n = os.cpu_count() or 1
+    assert f"Ready: {n} worker" in srv.output
+    assert len(srv.worker_pids()) == n
+
+
+def test_workers_share_the_load(supervised):
+    srv = supervised("--workers", "2")
+    assert len(srv.worker_pids()) == 2
+    # Each connection goes to whichever worker is idle; both answer sooner or later.
+    seen: set[str] = set()
+    deadline = time.monotonic() + 20
+    while len(seen) < 2 and time.monotonic() < deadline:
+        conns = [http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10) for _ in range(4)]
+        for c in conns:
+            c.request("GET", "/sleep?s=0.2")
+        for c in conns:
+            seen.add(c.getresponse().read().decode())
+            c.close()
+    assert {f"ok {p}" for p in srv.worker_pids()} == seen
+
+
+def test_wsgi_multiprocess_is_true_under_workers(supervised):
+    srv = supervised("--workers", "1", app="echo_environ:app")
+    status, body = srv.get("/")
+    assert status == 200
+    assert json.loads(body)["wsgi.multiprocess"] is True
+
+
+def test_run_with_workers_from_python(tmp_path, supervised):
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(os.path.dirname(__file__) + '/apps')!r})\n"
+        "import fulmen, workers_app\n"
+        "fulmen.run(workers_app.app, port=0, workers=2)\n")
+    srv = Server([sys.executable, str(script)], None, ready=READY)
+    try:
+        port = int(LISTENING.search(srv.output).group(1).rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        assert conn.getresponse().read().startswith(b"ok ")
+        conn.close()
+        assert srv.stop(signal.SIGTERM) == 0
+    finally:
+        srv.kill()
+
+
+# ---- boot failures -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, code, shown", [
+    ("raises_on_import:app", 1, "RuntimeError: boom while importing"),
+    ("no_such_module_here:app", 1, "no_such_module_here"),
+])
+def test_worker_that_cannot_boot_stops_the_supervisor(spec, code, shown):
+    started = time.monotonic()
+    result = run_fulmen("--port", "0", "--workers", "2", spec, timeout=60)
+    assert result.returncode == code, result.stderr
+    assert shown in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: a worker failed to boot")
+    # Not a restart loop: one failure per worker at most.
+    assert result.stderr.count("Started worker") <= 2, result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_lifespan_startup_failure_in_a_worker_exits_3():
+    result = run_fulmen("--port", "0", "--workers", "1", "--lifespan", "on", "lifespan_app:failing",
+                        timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "a worker failed to boot" in result.stderr
+    assert result.stderr.count("Started worker") == 1, result.stderr
+
+
+# ---- signals -----------------------------------------------------------------------------------
+
+
+def test_ttin_and_ttou_change_the_number_of_workers(supervised):
+    srv = supervised("--workers", "1")
+    os.kill(srv.proc.pid, signal.SIGTTIN)
+    srv.wait_count(r"Ready: 2 workers serving", 1)
+    assert len(srv.worker_pids()) == 2
+    os.kill(srv.proc.pid, signal.SIGTTOU)
+    srv.wait_count(r"stopped \(fewer workers", 1)
+    assert len(srv.worker_pids()) == 1
+    os.kill(srv.proc.pid, signal.SIGTTOU)  # never below one
+    srv.wait_count(r"SIGTTOU: 1 worker\b", 2)
+    assert srv.get()[0] == 200
+    assert len(srv.worker_pids()) == 1
+
+
+def test_term_lets_in_flight_requests_finish(supervised):
+    srv = supervised("--workers", "2")
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20)
+    conn.request("GET", "/sleep?s=1.5")
+    # Whether the worker has read the request yet or not, a graceful stop must answer it.
+    os.kill(srv.proc.pid, signal.SIGTERM)
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.read().startswith(b"ok ")
+    assert resp.getheader("Connection") == "close"
+    assert srv.proc.wait(20) == 0
+    assert "Finished" in srv.output
+
+
+def test_quit_stops_now(supervised):
+    srv = supervised("--workers", "1", "--graceful-timeout", "30")
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20)
+    conn.request("GET", "/sleep?s=10")
+    srv.wait_for_log(r"Worker \d+ ready")
+    started = time.monotonic()
+    os.kill(srv.proc.pid, signal.SIGQUIT)
+    assert srv.proc.wait(15) == 0
+    assert time.monotonic() - started < 10  # not the 10 s of the request, nor the graceful timeout
+    with pytest.raises((http.client.HTTPException, OSError)):
+        conn.getresponse()
+
+
+def test_second_term_stops_now(supervised):
+    srv = supervised("--workers", "1", "--graceful-timeout", "30")
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20)
+    conn.request("GET", "/sleep?s=10")
+    os.kill(srv.proc.pid, signal.SIGTERM)
+    srv.wait_count(r"Shutting down \(SIGTERM\)", 2)  # the supervisor's line and the worker's
+    started = time.monotonic()
+    os.kill(srv.proc.pid, signal.SIGTERM)
+    assert srv.proc.wait(15) == 0
+    assert time.monotonic() - started < 8
+    conn.close()
+
+
+def test_usr1_does_not_kill_workers(supervised):
+    srv = supervised("--workers", "2")
+    pids = srv.worker_pids()
+    os.kill(srv.proc.pid, signal.SIGUSR1)
+    for pid in pids:  # also sent straight to a worker
+        os.kill(pid, signal.SIGUSR1)
+    # A request per worker after the signals were delivered: the same processes answer.
+    assert srv.get()[0] == 200
+    wait_until(lambda: all(_alive(p) for p in pids), 1, "workers alive")
+    assert srv.worker_pids() == pids
+    assert "died" not in srv.output
+
+
+def test_hup_reimports_the_app_and_preload_does_not(tmp_path, supervised):
+    (tmp_path / "workers_version.py").write_text("VERSION = 'one'\n")
+    env = {"PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    plain = supervised("--workers", "1", env=env)
+    preloaded = supervised("--workers", "1", "--preload", env=env)
+    assert plain.get("/version") == (200, "one")
+    assert preloaded.get("/version") == (200, "one")
+    (tmp_path / "workers_version.py").write_text("VERSION = 'two'\n")
+    for srv in (plain, preloaded):
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        srv.wait_count(r"stopped \(reload", 1)
+    assert plain.get("/version") == (200, "two")
+    assert preloaded.get("/version") == (200, "one")
+
+
+def test_hup_with_broken_code_keeps_the_old_workers(tmp_path, supervised):
+    (tmp_path / "workers_version.py").write_text("VERSION = 'one'\n")
+    env = {"PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    (tmp_path / "workers_version_app.py").write_text("from workers_app import app\n")
+    srv = supervised("--workers", "2", app="workers_version_app:app", env=dict(env))
+    (tmp_path / "workers_version_app.py").write_text("raise RuntimeError('broken on purpose')\n")
+    os.kill(srv.proc.pid, signal.SIGHUP)
+    srv.wait_count(r"reload failed, the running workers keep serving", 1)
+    assert srv.proc.poll() is None
+    assert srv.get("/version") == (200, "one")
+    assert len(srv.worker_pids()) == 2
+
+
+# ---- zero lost requests --------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("app", [APP, ASGI_APP])
+def test_ten_reloads_under_load_lose_nothing(supervised, app):
+    srv = supervised("--workers", "2", "--no-access-log", app=app)
+    first = srv.worker_pids()
+    load = Load(srv.port)
+    try:
+        load.wait_more(50)
+        for i in range(1, 11):
+            os.kill(srv.proc.pid, signal.SIGHUP)
+            srv.wait_count(r"stopped \(reload", 2 * i, timeout=30)
+            load.wait_more(30)  # the new workers serve
+    finally:
+        load.finish()
+    assert load.failures == [], (load.failures[:10], srv.output[-3000:])
+    assert srv.count(r"Reloading \(SIGHUP\)") == 10
+    assert not first & srv.worker_pids()  # every worker was replaced
+    assert len(load.pids) >= 11  # each generation served (the old one was gone by then)
+    assert "died" not in srv.output
+
+
+def test_rolling_term_of_workers_under_load_loses_nothing(supervised):
+    srv = supervised("--workers", "2", "--no-access-log")
+    load = Load(srv.port)
+    try:
+        load.wait_more(50)
+        for i in range(1, 7):
+            victim = min(srv.worker_pids())
+            os.kill(victim, signal.SIGTERM)
+            srv.wait_count(r"Worker \d+ exited \(exit code 0, stopped by someone else\)", i)
+            srv.wait_count(r"Worker \d+ ready", 2 + i)
+            load.wait_more(30)
+    finally:
+        load.finish()
+    assert load.failures == [], (load.failures[:10], srv.output[-3000:])
+    assert len(srv.worker_pids()) == 2
+
+
+def test_killed_worker_is_replaced_and_serving_goes_on(supervised):
+    srv = supervised("--workers", "2", "--no-access-log")
+    load = Load(srv.port)
+    try:
+        load.wait_more(50)
+        victim = min(srv.worker_pids())
+        os.kill(victim, signal.SIGKILL)
+        srv.wait_count(rf"Worker {victim} died \(killed by signal SIGKILL\); starting a new one", 1)
+        srv.wait_count(r"Worker \d+ ready", 3)
+        # Requests cut off by the kill failed; from now on none may.
+        with load.lock:
+            load.failures.clear()
+        load.wait_more(200)
+    finally:
+        load.finish()
+    assert load.failures == [], load.failures[:10]
+    assert victim not in srv.worker_pids() and len(srv.worker_pids()) == 2
+
+
+# ---- --timeout, --max-requests, --max-rss --------------------------------------------------------
+
+
+@pytest.mark.parametrize("app", [APP, ASGI_APP])
+def test_stuck_worker_is_killed_with_its_stack_logged(supervised, app):
+    srv = supervised("--workers", "1", "--timeout", "2", app=app)
+    stuck = next(iter(srv.worker_pids()))
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    conn.request("GET", "/spin")
+    srv.wait_count(rf"Worker {stuck} timed out", 1, timeout=30)
+    srv.wait_count(rf"Worker {stuck} stopped \(timeout; killed by signal SIGKILL\)", 1)
+    assert "spin_forever" in srv.output  # the worker's stack, from faulthandler
+    srv.wait_count(r"Worker \d+ ready", 2)
+    status, body = srv.get("/")
+    assert status == 200 and body != f"ok {stuck}"
+    conn.close()
+
+
+def test_idle_worker_is_not_timed_out(supervised):
+    srv = supervised("--workers", "1", "--timeout", "1")
+    pids = srv.worker_pids()
+    # Beats come from the loop's timer, not from requests: an idle worker lives on.
+    t0 = time.monotonic()
+    wait_until(lambda: time.monotonic() - t0 > 3 or "timed out" in srv.output, 10)
+    assert "timed out" not in srv.output
+    assert srv.worker_pids() == pids
+
+
+def test_max_requests_recycles_workers_without_failures(supervised):
+    srv = supervised("--workers", "1", "--max-requests", "50", "--max-requests-jitter", "10",
+                     "--no-access-log")
+    load = Load(srv.port, clients=3)
+    try:
+        wait_until(lambda: srv.count(r"stopped \(replaced") >= 3 or load.failures, 60, "3 recycles")
+        load.wait_more(20)
+    finally:
+        load.finish()
+    assert load.failures == [], (load.failures[:10], srv.output[-3000:])
+    assert srv.count(r"served its --max-requests") >= 3
+    assert len(load.pids) >= 4
+
+
+def test_max_rss_recycles_a_growing_worker(supervised):
+    srv = supervised("--workers", "1", "--max-rss", "200")
+    first = next(iter(srv.worker_pids()))
+    assert srv.get("/grow?mb=250")[0] == 200
+    srv.wait_count(rf"Worker {first} uses \d+ MiB, more than --max-rss 200", 1)
+    srv.wait_count(rf"Worker {first} stopped \(replaced", 1)
+    status, body = srv.get("/")
+    assert status == 200 and body != f"ok {first}"
