@@ -42,6 +42,7 @@ class Option:
     positional: bool = False
     takes_value: bool = False  # a bool given as "--flag true|false" (Uvicorn's spelling), not --flag/--no-flag
     auto: bool = False  # an int option that also accepts "auto", read as 0
+    multiple: bool = False  # a str option that may be repeated (FULMEN_X: comma-separated); a tuple
 
     @property
     def flag(self) -> str:
@@ -111,6 +112,14 @@ OPTIONS: tuple[Option, ...] = (
            "so that workers do not all restart at once", metavar="N", min=0),
     Option("max_rss", int, 0, "with --workers: restart a worker (gracefully, its replacement started first) "
            "whose resident memory exceeds this many MiB; 0 = never", metavar="MIB", min=0),
+    Option("reload", bool, False, "development: restart the worker when a watched file changes (inotify; "
+           "a supervisor with one worker, the new one started before the old one stops)"),
+    Option("reload_dir", str, None, "with --reload: watch this directory (repeatable; default: the current "
+           "directory)", metavar="DIR", multiple=True),
+    Option("reload_include", str, None, "with --reload: also watch files matching this glob (repeatable; "
+           "*.py always, unless excluded)", metavar="GLOB", multiple=True),
+    Option("reload_exclude", str, None, "with --reload: ignore files and directories matching this glob "
+           "(repeatable; default: .*, .py[cod], .sw.*, ~*)", metavar="GLOB", multiple=True),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -120,6 +129,11 @@ def convert(opt: Option, value: Any, source: str) -> Any:
     option's type and check it. `source` names it in errors, e.g. "--port 70000"."""
     if value is None and opt.default is None:
         return None
+    if opt.multiple:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v for v in items):
+            raise ConfigError(f"invalid {source}: expected one or more non-empty strings")
+        return tuple(items)
     try:
         if opt.type is bool:
             if isinstance(value, str):
@@ -183,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(opt.name, nargs="?", metavar=opt.metavar, help=help_text)
         elif opt.type is bool and opt.takes_value:
             parser.add_argument(opt.flag, dest=opt.name, default=None, help=help_text, metavar=opt.metavar)
+        elif opt.multiple:
+            parser.add_argument(opt.flag, dest=opt.name, default=None, action="append", help=help_text,
+                                metavar=opt.metavar)
         elif opt.type is bool:
             # --access-log/--no-access-log: None (not given) lets the environment decide.
             parser.add_argument(opt.flag, dest=opt.name, action=argparse.BooleanOptionalAction,
@@ -229,6 +246,17 @@ def check(cfg: dict[str, Any], from_cli: bool = True) -> dict[str, Any]:
         raise ConfigError(f'no application given: pass APP as "module:attribute" or set {ENV_PREFIX}APP')
     if cfg["uds"] is not None and cfg["fd"] is not None:
         raise ConfigError("--uds and --fd both given: choose one way to get the listening socket")
+    if cfg["reload"]:
+        if cfg["workers"] is not None and cfg["workers"] != 1:
+            raise ConfigError("--reload and --workers both given: --reload runs one worker; drop one of them")
+        if cfg["preload"]:
+            raise ConfigError("--reload and --preload both given: a reload must import the app again; "
+                              "drop --preload")
+        cfg["workers"] = 1
+    else:
+        for name in ("reload_dir", "reload_include", "reload_exclude"):
+            if cfg[name]:
+                raise ConfigError(f"{BY_NAME[name].flag} needs --reload")
     if cfg["workers"] is None:
         for name in ("preload", "max_requests", "max_requests_jitter", "max_rss"):
             if cfg[name]:

@@ -21,6 +21,10 @@ Design (docs/deployment.md has the user's view):
   --workers of them serving. A draining worker finishes its requests (and answers the next request
   of an idle keep-alive connection with "Connection: close") within --graceful-timeout.
 
+--reload (development) is the same machinery with one worker: a change to a watched file
+(_reloader.py, inotify) is a HUP, and a worker that cannot boot there waits for the next change
+instead of stopping the supervisor.
+
 Signals (as Gunicorn): TERM/INT graceful stop (a second one: stop now), QUIT stop now, HUP
 reload (new workers, re-importing the app unless --preload, then the old ones drain), TTIN/TTOU one
 worker more/fewer, USR1 forwarded to the workers.
@@ -40,7 +44,7 @@ import time
 import traceback
 from typing import Any
 
-from fulmen import FulmenError, _sockets
+from fulmen import FulmenError, _reloader, _sockets
 from fulmen import server as _server
 
 error_log = _server.error_log
@@ -52,6 +56,7 @@ KILL_GRACE = 1.0  # seconds between the stack dump and SIGKILL
 STOP_NOW_GRACE = 3.0  # QUIT or a second TERM: SIGKILL a worker still alive after this long
 KILL_AFTER_GRACEFUL = 5.0  # beyond --graceful-timeout (the worker's own watchdog exits at +2 s)
 TICK = 1.0  # the supervisor's longest sleep: --max-rss and deadlines are checked this often
+RELOAD_DEBOUNCE = 0.1  # --reload: an editor's save is several events; restart once, after them
 READY, BEAT, RETIRE = b"R", b".", b"M"  # what a worker writes on its pipe (see src/core/server.hpp)
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
@@ -113,6 +118,10 @@ class Supervisor:
         self.wake_r = self.wake_w = -1
         self.all_ready = False  # every current worker is ready (logged once per change)
         self.pid = os.getpid()
+        self.watcher: _reloader.Watcher | None = None  # --reload
+        self.reload_at: float | None = None  # --reload: a change was seen; reload then
+        self.changed_file = ""
+        self.waiting_for_change = False  # --reload: the code does not boot; wait for a fix
 
     # ---- the supervisor's life ----------------------------------------------------------------
 
@@ -129,8 +138,20 @@ class Supervisor:
                 error_log.warning("--preload: importing the app started %d thread(s); forked workers "
                                   "do not get them, and a lock they hold stays held",
                                   threading.active_count() - 1)
+        if cfg["reload"]:
+            if not isinstance(cfg["app"], str):
+                raise FulmenError('--reload needs the app as an import string ("module:attribute"), '
+                                  "so that a new worker can import it again")
+            self.watcher = _reloader.Watcher(cfg["reload_dir"], cfg["reload_include"], cfg["reload_exclude"])
+            error_log.info("Watching for changes in %s (%s)", ", ".join(map(str, self.watcher.dirs)),
+                           ", ".join(self.watcher.includes))
         _server.raise_open_files_limit()
-        self.listener = _sockets.bind(cfg)
+        try:
+            self.listener = _sockets.bind(cfg)
+        except BaseException:
+            if self.watcher is not None:
+                self.watcher.close()
+            raise
         self._install_signals()
         try:
             error_log.info("Starting Fulmen %s supervisor (pid %d) with %d worker%s", _server.__version__,
@@ -140,6 +161,8 @@ class Supervisor:
         finally:
             self._restore_signals()
             self.listener.close()
+            if self.watcher is not None:
+                self.watcher.close()
         if self.failure is not None:
             raise self.failure
         error_log.info("Finished")
@@ -150,6 +173,11 @@ class Supervisor:
             self._reap()
             if self.stopping and not self.workers:
                 return
+            if not self.stopping and self.reload_at is not None and time.monotonic() >= self.reload_at:
+                self.reload_at = None
+                self.generation += 1
+                self.waiting_for_change = False
+                error_log.info("Reloading: %s changed", self.changed_file)
             if not self.stopping:
                 self._manage()
             self._check_workers()
@@ -175,8 +203,12 @@ class Supervisor:
 
     def _wait(self) -> None:
         fds = [self.wake_r] + [w.fd for w in self.workers.values() if w.fd >= 0]
+        if self.watcher is not None:
+            fds.append(self.watcher.fd)
         timeout = TICK if self.timeout <= 0 else min(TICK, self.timeout / 4)
         deadlines = [w.kill_at for w in self.workers.values() if w.kill_at is not None]
+        if self.reload_at is not None:
+            deadlines.append(self.reload_at)
         if deadlines:
             timeout = max(0.0, min(timeout, min(deadlines) - time.monotonic()))
         if self.signals:
@@ -195,6 +227,11 @@ class Supervisor:
         for w in list(self.workers.values()):
             if w.fd >= 0 and w.fd in readable:
                 self._read_pipe(w, now)
+        if self.watcher is not None and self.watcher.fd in readable:
+            changed = self.watcher.changed()
+            if changed and self.reload_at is None:
+                self.changed_file = changed[0]
+                self.reload_at = now + RELOAD_DEBOUNCE
 
     def _read_pipe(self, w: _Worker, now: float) -> None:
         try:
@@ -234,6 +271,7 @@ class Supervisor:
                 continue
             elif sig == signal.SIGHUP:
                 self.generation += 1
+                self.waiting_for_change = False
                 same = self.loaded is not None or not isinstance(self.cfg["app"], str)
                 error_log.info("Reloading (SIGHUP): starting %d new worker%s%s; the old ones stop once "
                                "they are ready", self.target, "" if self.target == 1 else "s",
@@ -278,7 +316,7 @@ class Supervisor:
     def _manage(self) -> None:
         """Start and stop workers so that `target` current workers serve, replacing outdated ones
         (an older generation, or asked to retire) only once that leaves enough ready workers."""
-        if self.failure is not None:
+        if self.failure is not None or self.waiting_for_change:
             return
         active = [w for w in self.workers.values() if w.stopping_since is None]
         current = [w for w in active if w.generation == self.generation and not w.retire]
@@ -325,6 +363,8 @@ class Supervisor:
             _stop_with_parent(self.pid)
             os.close(self.wake_r)
             os.close(self.wake_w)
+            if self.watcher is not None:
+                self.watcher.close()
             for other in self.workers.values():
                 if other.fd >= 0:
                     os.close(other.fd)
@@ -394,6 +434,11 @@ class Supervisor:
                     self._stop(o, signal.SIGTERM, "reload failed")
             for o in old:
                 o.generation = self.generation
+            return
+        if self.watcher is not None:
+            error_log.error("Worker %d failed to boot (%s; its error is above); waiting for a file change "
+                            "to try again", w.pid, how)
+            self.waiting_for_change = True
             return
         # As Gunicorn: a worker that cannot boot will not boot the next time either; restarting it
         # in a loop would only hide the error.

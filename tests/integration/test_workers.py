@@ -448,3 +448,112 @@ def test_max_rss_recycles_a_growing_worker(supervised):
     srv.wait_count(rf"Worker {first} stopped \(replaced", 1)
     status, body = srv.get("/")
     assert status == 200 and body != f"ok {first}"
+
+
+# ---- --reload ------------------------------------------------------------------------------------
+
+RELOAD_APP = '''
+VERSION = {version!r}
+
+
+def app(environ, start_response):
+    body = VERSION.encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def _write(path, text: str) -> None:
+    # Written whole and renamed into place, as an editor saving a file does.
+    tmp = path.with_name(path.name + ".tmp~")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _wait_body(srv: Supervised, expected: str, timeout: float = 20) -> None:
+    last: list[str] = []
+
+    def check() -> bool:
+        last[:] = [srv.get()[1]]
+        return last[0] == expected
+
+    wait_until(check, timeout, lambda: f"body {expected!r}, last {last!r}:\n{srv.output}")
+
+
+@pytest.fixture
+def reload_env(tmp_path):
+    _write(tmp_path / "reload_app.py", RELOAD_APP.format(version="one"))
+    return tmp_path, {"PYTHONDONTWRITEBYTECODE": "1", "FULMEN_APP_DIR": str(tmp_path)}
+
+
+def test_reload_restarts_when_a_python_file_changes(supervised, reload_env):
+    tmp_path, env = reload_env
+    srv = supervised("--reload", "--reload-dir", str(tmp_path), app="reload_app:app", env=env)
+    assert srv.get() == (200, "one")
+    (tmp_path / "notes.txt").write_text("not watched\n")  # no reload for this one...
+    _write(tmp_path / "reload_app.py", RELOAD_APP.format(version="two"))  # ...but for this
+    _wait_body(srv, "two")
+    first = re.search(r"Reloading: (\S+) changed", srv.output)
+    assert first and first.group(1).endswith("reload_app.py"), srv.output
+    # A new subpackage is watched too.
+    (tmp_path / "pkg").mkdir()
+    srv.wait_count(r"Worker \d+ ready", 2)
+    _write(tmp_path / "pkg" / "mod.py", "X = 1\n")
+    srv.wait_count(r"Reloading: \S+pkg/mod\.py changed", 1)
+
+
+def test_reload_include_and_exclude(supervised, reload_env):
+    tmp_path, env = reload_env
+    srv = supervised("--reload", "--reload-dir", str(tmp_path), "--reload-include", "*.txt",
+                     "--reload-exclude", "skip_*.py", app="reload_app:app", env=env)
+    (tmp_path / "skip_me.py").write_text("X = 1\n")  # excluded
+    (tmp_path / "notes.txt").write_text("watched now\n")
+    srv.wait_count(r"Reloading: \S+ changed", 1)
+    assert re.search(r"Reloading: \S+notes\.txt changed", srv.output), srv.output
+
+
+def test_reload_waits_for_a_fix_when_the_code_is_broken(supervised, reload_env):
+    tmp_path, env = reload_env
+    srv = supervised("--reload", "--reload-dir", str(tmp_path), app="reload_app:app", env=env)
+    _write(tmp_path / "reload_app.py", "this is not python\n")
+    srv.wait_count(r"failed to boot", 1)
+    assert srv.get() == (200, "one")  # the running worker goes on
+    _write(tmp_path / "reload_app.py", RELOAD_APP.format(version="three"))
+    _wait_body(srv, "three")
+    assert srv.proc.poll() is None
+
+
+def test_reload_that_cannot_boot_at_start_waits_for_a_fix(reload_env):
+    tmp_path, env = reload_env
+    _write(tmp_path / "reload_app.py", "raise RuntimeError('not yet')\n")
+    srv = Server([sys.executable, "-m", "fulmen", "--port", "0", "--reload", "--reload-dir", str(tmp_path),
+                  "reload_app:app"], env, ready=re.compile(r"(waiting) for a file change"))
+    try:
+        port = int(LISTENING.search(srv.output).group(1).rsplit(":", 1)[1])
+        srv.port = port
+        _write(tmp_path / "reload_app.py", RELOAD_APP.format(version="fixed"))
+        wait_until(lambda: "Ready: 1 worker serving" in srv.output, 20, lambda: srv.output)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"fixed"
+        conn.close()
+        assert srv.stop() == 0
+    finally:
+        srv.kill()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--reload-dir", "/tmp"], "--reload-dir needs --reload"),
+        (["--reload-include", "*.txt"], "--reload-include needs --reload"),
+        (["--reload", "--workers", "2"], "--reload and --workers both given"),
+        (["--reload", "--preload"], "--reload and --preload both given"),
+        (["--reload", "--reload-dir", "/nonexistent/dir"], "--reload-dir /nonexistent/dir: not a directory"),
+    ],
+)
+def test_invalid_reload_options(args, expected):
+    result = run_fulmen("--port", "0", "hello:app", *args)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
+    assert expected in result.stderr
