@@ -85,7 +85,10 @@ class _WorkerLink:
                     max_requests=self.max_requests, multiprocess=True)
 
     def ready(self) -> None:
-        os.write(self.fd, READY)
+        try:
+            os.write(self.fd, READY)
+        except BlockingIOError:  # a full pipe: the supervisor is not reading; it will see beats
+            pass
 
 
 @dataclasses.dataclass
@@ -213,10 +216,10 @@ class Supervisor:
             timeout = max(0.0, min(timeout, min(deadlines) - time.monotonic()))
         if self.signals:
             timeout = 0
-        try:
-            readable, _, _ = select.select(fds, [], [], timeout)
-        except InterruptedError:
-            return
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        readable = {fd for fd, _ in poller.poll(timeout * 1000)}
         now = time.monotonic()
         if self.wake_r in readable:
             try:
@@ -329,9 +332,13 @@ class Supervisor:
                 self._stop(w, signal.SIGTERM, "fewer workers (SIGTTOU)")
                 current.remove(w)
         ready = sum(1 for w in current if w.ready)
-        while outdated and ready + len(outdated) - 1 >= self.target:
-            w = outdated.pop(0)
-            self._stop(w, signal.SIGTERM, "replaced" if w.retire else "reload")
+        # An outdated worker that is not ready yet (a HUP during a reload) serves nobody: it goes
+        # at once; a ready one once the others that are ready are enough.
+        for w in sorted(outdated, key=lambda w: w.ready):
+            others = ready + sum(1 for o in outdated if o.ready and o is not w)
+            if not w.ready or others >= self.target:
+                self._stop(w, signal.SIGTERM, "replaced" if w.retire else "reload")
+                outdated.remove(w)
         if ready == self.target and not outdated and not self.all_ready:
             self.all_ready = True
             error_log.info("Ready: %d worker%s serving", ready, "" if ready == 1 else "s")
@@ -374,6 +381,9 @@ class Supervisor:
             max_requests = self.cfg["max_requests"]
             if max_requests and self.cfg["max_requests_jitter"]:
                 max_requests += random.randint(0, self.cfg["max_requests_jitter"])
+            # The engine's loop writes beats here: it must never block on a supervisor that does
+            # not read (stopped with SIGSTOP, say); a beat that does not fit is dropped.
+            os.set_blocking(fd, False)
             cfg = dict(self.cfg, _worker=_WorkerLink(fd, heartbeat_interval(self.timeout), max_requests))
             assert self.listener is not None
             # The socket file of --uds belongs to the supervisor: a worker must not remove it.

@@ -1251,7 +1251,7 @@ TEST(Server, GracefulStopServesARequestAlreadyInTheSocket) {
 // whichever is first), without any bytes, and the stop then completes.
 TEST(Server, GracefulStopClosesAnIdleConnectionAtItsKeepAliveTimeout) {
   ServerConfig cfg = test_config();
-  cfg.keep_alive_ms = 300;
+  cfg.keep_alive_ms = 500;
   TestApp app;
   Running srv(cfg, app);
   Client c(srv.port());
@@ -1262,6 +1262,7 @@ TEST(Server, GracefulStopClosesAnIdleConnectionAtItsKeepAliveTimeout) {
   ASSERT_TRUE(wait_stopping(srv));
   EXPECT_TRUE(c.wait_closed(3000));
   EXPECT_GE(mono_ms() - t0, 250);  // it was kept, not closed at the stop
+  EXPECT_LT(mono_ms() - t0, 2000);  // and its deadline was not pushed back by the stop
   EXPECT_TRUE(c.pending().empty());
   EXPECT_TRUE(srv.wait_exit(3000));
   EXPECT_EQ(srv.rc(), 0);

@@ -256,7 +256,11 @@ void Connection::stop_if_idle() noexcept {
   }
   if (state_ == State::kReadHead && (!in_ || in_->end() == 0) && !out_pending()) {
     // A request may be sitting unread in the socket (no edge seen yet): serve it now (with
-    // "Connection: close"); an idle connection then waits for its next request or its timeout.
+    // "Connection: close"). A connection with nothing to read is left as it is, keep-alive
+    // deadline included: its next request or its timer ends it.
+    char c;
+    ssize_t n = ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
     readable_ = true;
     drive();
   }
