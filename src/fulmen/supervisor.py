@@ -161,6 +161,10 @@ class Supervisor:
                            os.getpid(), self.target, "" if self.target == 1 else "s")
             error_log.info("Listening on %s", self.listener.url)
             self._loop()
+        except BaseException:
+            for w in self.workers.values():  # a bug of ours must not leave workers behind
+                self._kill(w, signal.SIGTERM)
+            raise
         finally:
             self._restore_signals()
             self.listener.close()
