@@ -92,22 +92,30 @@ def supervised():
 
 class Load:
     """`clients` threads, each sending GET / in a loop on one keep-alive connection (reconnecting
-    only when the server says Connection: close). Every exception and non-200 is a failure."""
+    only when the server says Connection: close). Every exception and non-200 is a failure.
 
-    def __init__(self, port: int, clients: int = 6) -> None:
+    Half the clients pause `think` seconds between requests, as a browser does: their connections
+    are idle most of the time, so a stop finds idle connections whose client is about to send (a
+    server that closed them then would fail those requests); the other half keep the workers busy."""
+
+    def __init__(self, port: int, clients: int = 6, think: float = 0.02) -> None:
+        self.think = think
         self.port = port
         self.ok = 0
         self.failures: list[str] = []
         self.pids: set[str] = set()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        self.threads = [threading.Thread(target=self._run, args=(i % 2 == 1,), daemon=True)
+                        for i in range(clients)]
         for t in self.threads:
             t.start()
 
-    def _run(self) -> None:
+    def _run(self, pausing: bool) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         while not self.stopping.is_set():
+            if pausing and self.stopping.wait(self.think):
+                break
             try:
                 conn.request("GET", "/")
                 resp = conn.getresponse()
