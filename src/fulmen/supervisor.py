@@ -293,6 +293,8 @@ class Supervisor:
             elif sig == signal.SIGUSR1:
                 for w in self.workers.values():
                     self._kill(w, signal.SIGUSR1)
+                error_log.info("SIGUSR1: forwarded to %d worker%s", len(self.workers),
+                               "" if len(self.workers) == 1 else "s")
 
     def _stop_all(self, how: str) -> None:
         self.stopping = how

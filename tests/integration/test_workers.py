@@ -313,15 +313,36 @@ def test_second_term_stops_now(supervised):
     conn.close()
 
 
-def test_usr1_does_not_kill_workers(supervised):
-    srv = supervised("--workers", "2")
+def _pending(pid: int, sig: int) -> bool:
+    """Whether `sig` is still pending for process `pid` (not yet delivered)."""
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    mask = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+    return bool(mask & (1 << (sig - 1)))
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("app", [APP, ASGI_APP])
+def test_usr1_does_not_kill_workers(supervised, app):
+    srv = supervised("--workers", "2", app=app)
     pids = srv.worker_pids()
     os.kill(srv.proc.pid, signal.SIGUSR1)
+    srv.wait_count(r"SIGUSR1: forwarded to 2 workers", 1)
     for pid in pids:  # also sent straight to a worker
         os.kill(pid, signal.SIGUSR1)
-    # A request per worker after the signals were delivered: the same processes answer.
+    # Once delivered, a signal whose default action were taken would have ended the process.
+    wait_until(lambda: not any(_running(p) and _pending(p, signal.SIGUSR1) for p in pids), 10,
+               "USR1 delivered")
+    assert all(_running(p) for p in pids)
     assert srv.get()[0] == 200
-    wait_until(lambda: all(_alive(p) for p in pids), 1, "workers alive")
     assert srv.worker_pids() == pids
     assert "died" not in srv.output
 
