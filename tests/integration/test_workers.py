@@ -608,3 +608,22 @@ def test_invalid_reload_options(args, expected):
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
     assert expected in result.stderr
+
+
+def test_option_values_from_every_source():
+    from fulmen import config
+
+    cfg = config.parse_args(["--reload", "--reload-dir", "a", "--reload-dir", "b", "app:x"],
+                            {"FULMEN_RELOAD_INCLUDE": "*.txt, *.cfg"})
+    assert cfg["reload_dir"] == ("a", "b") and cfg["reload_include"] == ("*.txt", "*.cfg")
+    assert cfg["workers"] == 1 and cfg["reload_exclude"] is None
+    assert config.parse_args(["--workers", "AUTO", "app:x"], {})["workers"] == (os.cpu_count() or 1)
+    assert config.parse_args(["app:x"], {"FULMEN_WORKERS": "3"})["workers"] == 3
+    assert config.parse_args(["app:x"], {})["workers"] is None  # one process unless asked
+    assert config.from_kwargs({"workers": "auto"})["workers"] == (os.cpu_count() or 1)
+    assert config.from_kwargs({"workers": 2, "max_requests": 5})["max_requests"] == 5
+    assert config.from_kwargs({"reload": True, "reload_dir": ["src"]})["reload_dir"] == ("src",)
+    with pytest.raises(ValueError, match="workers=True"):
+        config.from_kwargs({"workers": True})
+    with pytest.raises(ValueError, match="reload_dir=.*non-empty strings"):
+        config.from_kwargs({"reload": True, "reload_dir": [1]})
