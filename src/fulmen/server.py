@@ -142,7 +142,8 @@ def _serve_wsgi(cfg: dict[str, Any], app: Any, listener: _sockets.Listener) -> N
                    "" if cfg["threads"] == 1 else "s")
     # Announced once the signal handlers are in place: a supervisor may stop a worker as soon as
     # it is ready, and a TERM before that would kill it instead of stopping it gracefully.
-    _run_with_signals(server, cfg["graceful_timeout"], on_ready=lambda: announce_listening(cfg, listener))
+    _run_with_signals(server, cfg["graceful_timeout"], on_ready=lambda: announce_listening(cfg, listener),
+                      worker=cfg.get("_worker") is not None)
 
 
 def interface_of(cfg: dict[str, Any], app: Any) -> str:
@@ -178,7 +179,12 @@ def engine_options(cfg: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _run_with_signals(server: Any, graceful_timeout: float, on_ready: Callable[[], None] = lambda: None) -> None:
+def _run_with_signals(server: Any, graceful_timeout: float, on_ready: Callable[[], None] = lambda: None,
+                      worker: bool = False) -> None:
+    """Serve until a signal stops us. A worker (under a supervisor) leaves SIGINT ignored and
+    takes every TERM as graceful: Ctrl-C or a TERM to the whole process group (systemd's
+    default) also reaches the supervisor, which relays it, and must not count as a second signal;
+    the supervisor sends QUIT to stop now."""
     if threading.current_thread() is not threading.main_thread():
         # Python delivers signals only to the main thread; the caller stops us with server.stop().
         on_ready()
@@ -195,14 +201,18 @@ def _run_with_signals(server: Any, graceful_timeout: float, on_ready: Callable[[
             server.stop(graceful=False)
         elif not stopping:
             stopping = True
-            error_log.info("Shutting down (%s): finishing in-flight requests for up to %gs; "
-                           "press Ctrl-C again to stop now", signal.Signals(signum).name, graceful_timeout)
+            error_log.info("Shutting down (%s): finishing in-flight requests for up to %gs%s",
+                           signal.Signals(signum).name, graceful_timeout,
+                           "" if worker else "; press Ctrl-C again to stop now")
             server.stop()
+        elif worker:
+            pass  # the same stop, relayed by the supervisor
         else:
             error_log.info("Stopping now (%s)", signal.Signals(signum).name)
             server.stop(graceful=False)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+    sigs = (signal.SIGTERM, signal.SIGQUIT) if worker else (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+    previous = {sig: signal.signal(sig, on_signal) for sig in sigs}
     # USR1 (reopen log files, as in Gunicorn; a supervisor forwards it to its workers) must never
     # kill the server: there is nothing to reopen yet, so it is a no-op for now.
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda signum, frame: None)

@@ -61,9 +61,10 @@ READY, BEAT, RETIRE = b"R", b".", b"M"  # what a worker writes on its pipe (see 
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
             signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD)
-# Meant for the supervisor; a worker that gets them (a signal to the whole process group) must
-# not die of them.
-_WORKER_IGNORES = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGUSR1)
+# Meant for the supervisor; a worker that gets them (a signal to the whole process group, Ctrl-C
+# in a terminal) must not die of them. The supervisor relays a stop as TERM or QUIT.
+_WORKER_IGNORES = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH,
+                   signal.SIGUSR1)
 
 
 def heartbeat_interval(timeout: float) -> float:

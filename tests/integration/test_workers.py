@@ -287,6 +287,38 @@ def test_term_lets_in_flight_requests_finish(supervised):
     assert "Finished" in srv.output
 
 
+@pytest.mark.parametrize("app", [APP, ASGI_APP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_whole_group_is_one_graceful_stop(supervised, app, sig):
+    """Ctrl-C in a terminal, or systemd's default KillMode, signals the supervisor and every
+    worker at once; the supervisor relays the stop too. A worker must not take the two as "stop
+    now": the request in flight completes."""
+    srv = supervised("--workers", "2", app=app)
+    pids = srv.worker_pids()
+    before = {pid: _sockets(pid) for pid in pids}
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20)
+    conn.request("GET", "/sleep?s=1.5")
+    wait_until(lambda: any(_sockets(p) > before[p] for p in pids), 10, "a worker to take the connection")
+    os.kill(srv.proc.pid, sig)
+    for pid in pids:
+        os.kill(pid, sig)
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.read().startswith(b"ok ")
+    assert srv.proc.wait(20) == 0
+    assert "Stopping now" not in srv.output
+
+
+def _sockets(pid: int) -> int:
+    """How many sockets process `pid` has open (from /proc)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    return n
+
+
 def test_quit_stops_now(supervised):
     srv = supervised("--workers", "1", "--graceful-timeout", "30")
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20)

@@ -1,13 +1,14 @@
 """Apps for the worker/supervisor tests (test_workers.py): WSGI `app` and ASGI `asgi_app`.
 
 /          "ok <pid>" (the pid tells the tests which worker answered)
-/sleep?s=  answers after s seconds (an in-flight request during a stop)
+/sleep?s=  answers after s seconds (an in-flight request during a stop; awaited in the ASGI app)
 /spin      never returns: the worker's loop stops (the --timeout test); the stack shows spin_forever
 /grow?mb=  keeps mb more MiB alive in the worker (the --max-rss test)
 /version   VERSION of the module `workers_version` on the app dir, imported when the worker starts
            (HUP re-imports it unless --preload)
 """
 
+import asyncio
 import importlib
 import os
 import time
@@ -54,7 +55,11 @@ def app(environ, start_response):
 async def asgi_app(scope, receive, send):
     if scope["type"] != "http":
         return
-    body = _answer(scope["path"], scope["query_string"].decode())
+    if scope["path"] == "/sleep":  # awaited: the loop (and its signal handlers) keeps running
+        await asyncio.sleep(float(parse_qs(scope["query_string"].decode()).get("s", ["1"])[0]))
+        body = f"ok {os.getpid()}".encode()
+    else:
+        body = _answer(scope["path"], scope["query_string"].decode())
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
