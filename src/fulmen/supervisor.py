@@ -374,6 +374,9 @@ class Supervisor:
                 signal.signal(sig, signal.SIG_DFL)
             for sig in _WORKER_IGNORES:
                 signal.signal(sig, signal.SIG_IGN)
+            # "Stop now" before the server's own handlers are in place (while importing the app):
+            # exit, rather than QUIT's default action, a core dump.
+            signal.signal(signal.SIGQUIT, lambda signum, frame: os._exit(0))
             _stop_with_parent(self.pid)
             os.close(self.wake_r)
             os.close(self.wake_w)

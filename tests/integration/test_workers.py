@@ -464,14 +464,17 @@ def test_killed_worker_is_replaced_and_serving_goes_on(supervised):
         os.kill(victim, signal.SIGKILL)
         srv.wait_count(rf"Worker {victim} died \(killed by signal SIGKILL\); starting a new one", 1)
         srv.wait_count(r"Worker \d+ ready", 3)
-        # Requests cut off by the kill failed; from now on none may.
-        with load.lock:
-            load.failures.clear()
-        load.wait_more(200)
     finally:
-        load.finish()
-    assert load.failures == [], load.failures[:10]
+        load.finish()  # its requests cut off by the kill failed, as they must
     assert victim not in srv.worker_pids() and len(srv.worker_pids()) == 2
+    # From now on none may fail.
+    after = Load(srv.port)
+    try:
+        after.wait_more(200)
+    finally:
+        after.finish()
+    assert after.failures == [], after.failures[:10]
+    assert after.pids <= {str(p) for p in srv.worker_pids()}  # the two live workers answered
 
 
 # ---- --timeout, --max-requests, --max-rss --------------------------------------------------------
