@@ -402,6 +402,7 @@ def test_hup_with_broken_code_keeps_the_old_workers(tmp_path, supervised):
     (tmp_path / "workers_version_app.py").write_text("raise RuntimeError('broken on purpose')\n")
     os.kill(srv.proc.pid, signal.SIGHUP)
     srv.wait_count(r"reload failed, the running workers keep serving", 1)
+    srv.wait_count(r"stopped \(reload failed", 1)  # the other new worker, told to stop
     assert srv.proc.poll() is None
     assert srv.get("/version") == (200, "one")
     assert len(srv.worker_pids()) == 2
