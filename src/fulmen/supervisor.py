@@ -16,7 +16,7 @@ Design (docs/deployment.md has the user's view):
 - Each worker has a pipe to us. The worker writes b"R" once it serves (listening, ASGI lifespan
   startup done); its engine's loop thread writes b"." every heartbeat interval (--timeout) and
   b"M" when --max-requests is reached. A worker that exits before b"R" failed to boot.
-- Replacements first: on HUP, --max-requests, --max-rss and TTOU-free restarts, new workers are
+- Replacements first: on HUP, --max-requests and --max-rss, new workers are
   started and an outdated one is told to drain only when enough ready workers remain to keep
   --workers of them serving. A draining worker finishes its requests (and answers the next request
   of an idle keep-alive connection with "Connection: close") within --graceful-timeout.
