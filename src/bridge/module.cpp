@@ -187,7 +187,9 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
                                  "graceful_timeout", "interface", "ws", "ws_max_size",
                                  "ws_ping_interval", "ws_ping_timeout", "ws_per_message_deflate",
                                  "limit_concurrency", "proxy_headers", "forwarded_allow_ips",
-                                 "proxy_protocol", "access_log_format", nullptr};
+                                 "proxy_protocol", "access_log_format", "shutdown_listeners",
+                                 "supervisor_fd", "heartbeat_interval", "max_requests", "multiprocess",
+                                 nullptr};
   PyObject *app, *listeners, *error_log = nullptr;
   int threads = 1, access_log_fd = -1;
   const char* root_path = "";
@@ -203,16 +205,25 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   int proxy_headers = 0, proxy_protocol = 0;
   PyObject* allow_ips = nullptr;  // borrowed: a sequence of "*", "unix", or IP/CIDR strings
   const char* access_log_format = nullptr;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddpLpOpz", const_cast<char**>(kwlist),
+  // Set by a supervisor for its workers (src/fulmen/supervisor.py).
+  int shutdown_listeners = 1, supervisor_fd = -1, multiprocess = 0;
+  double heartbeat = 0.0;
+  long long max_requests = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddpLpOpzpidLp", const_cast<char**>(kwlist),
                                    &app, &listeners, &error_log, &threads, &root_path, &url_scheme,
                                    &access_log_fd, &keep_alive, &header_timeout, &body_timeout,
                                    &line, &fields, &field_size, &body_limit, &graceful, &interface,
                                    &ws, &ws_max_size, &ws_ping_interval, &ws_ping_timeout,
                                    &ws_deflate, &limit_concurrency, &proxy_headers, &allow_ips,
-                                   &proxy_protocol, &access_log_format))
+                                   &proxy_protocol, &access_log_format, &shutdown_listeners,
+                                   &supervisor_fd, &heartbeat, &max_requests, &multiprocess))
     return -1;
   if (limit_concurrency < 0) {
     PyErr_SetString(PyExc_ValueError, "limit_concurrency must not be negative (0: no limit)");
+    return -1;
+  }
+  if (heartbeat < 0 || max_requests < 0) {
+    PyErr_SetString(PyExc_ValueError, "heartbeat_interval and max_requests must not be negative");
     return -1;
   }
   if (ws_max_size < 0 || ws_ping_interval < 0 || ws_ping_timeout < 0) {
@@ -315,13 +326,17 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
     http1::parse_ip_net("127.0.0.1", &localhost);
     cfg.trusted.nets.push_back(localhost);
   }
+  cfg.shutdown_listeners = shutdown_listeners;
+  cfg.supervisor_fd = supervisor_fd;
+  cfg.heartbeat_interval_ms = to_ms(heartbeat);
+  cfg.max_requests = uint64_t(max_requests);
 
   auto state = std::make_unique<State>();
   WsgiOptions opts;
   opts.root_path = root_path;
   opts.url_scheme = url_scheme;
   opts.multithread = threads > 1;
-  opts.multiprocess = false;
+  opts.multiprocess = multiprocess;
   if (asgi) {
     auto h = AsgiHandler::create(app, error_log, infos, opts);
     if (!h) return -1;

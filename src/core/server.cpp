@@ -31,6 +31,10 @@ constexpr int64_t kWsCloseMs = 5000;      // after our WebSocket close frame, wa
                                           // client's before closing the TCP connection anyway
 constexpr int64_t kAcceptPauseMs = 100;   // back-off when out of file descriptors
 constexpr size_t kAccessFlushBytes = 32 * 1024;
+// Workers forked by a supervisor share one listening socket. EPOLLEXCLUSIVE wakes one waiting
+// worker per new connection instead of all of them (the thundering herd); a worker busy outside
+// epoll_wait is skipped, so the connection goes to an idle one. Harmless with a single worker.
+constexpr uint32_t kListenEvents = EPOLLIN | EPOLLEXCLUSIVE;
 }  // namespace
 
 struct Server::Watchdog {
@@ -184,6 +188,7 @@ bool Server::step(int timeout_ms) noexcept {
   last_step_events_ = loop_.poll_once(timeout_ms, loop_hooks_);
   run_deferred();
   expire_timers();
+  if (config_.supervisor_fd >= 0) notify_supervisor();
   int req = stop_request_.load();
   if (req && !stopping_) begin_shutdown();
   if (req && config_.exit_watchdog) {
@@ -205,7 +210,7 @@ bool Server::step(int timeout_ms) noexcept {
   } else if (accept_paused_until_ms_ && loop_.clock().now_ms() >= accept_paused_until_ms_) {
     accept_paused_until_ms_ = 0;
     for (auto& l : listeners_)
-      if (!l->active && loop_.add(l->cfg_.fd, l.get(), EPOLLIN) == 0) l->active = true;
+      if (!l->active && loop_.add(l->cfg_.fd, l.get(), kListenEvents) == 0) l->active = true;
   }
   flush_access_log();
   if (done) {
@@ -213,6 +218,24 @@ bool Server::step(int timeout_ms) noexcept {
     finish_run();
   }
   return !done;
+}
+
+// Writes that would block are dropped: a supervisor that is not reading loses beats, not us.
+void Server::notify_supervisor() noexcept {
+  if (config_.heartbeat_interval_ms > 0) {
+    int64_t now = loop_.clock().now_ms();
+    if (now >= next_beat_ms_) {
+      next_beat_ms_ = now + config_.heartbeat_interval_ms;
+      ssize_t r = ::write(config_.supervisor_fd, &kBeatByte, 1);
+      (void)r;
+    }
+  }
+  if (config_.max_requests && !retire_sent_ &&
+      counters_.requests_total.load(std::memory_order_relaxed) >= config_.max_requests) {
+    retire_sent_ = true;
+    ssize_t r = ::write(config_.supervisor_fd, &kRetireByte, 1);
+    (void)r;
+  }
 }
 
 void Server::defer(http1::Connection* c) noexcept {
@@ -241,7 +264,7 @@ int Server::start_listening() noexcept {
     int flags = fcntl(fd, F_GETFL);
     if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return errno;
     fcntl(fd, F_SETFD, FD_CLOEXEC);
-    if (int err = loop_.add(fd, l.get(), EPOLLIN)) return err;
+    if (int err = loop_.add(fd, l.get(), kListenEvents)) return err;
     l->active = true;
   }
   return 0;
@@ -282,6 +305,7 @@ int Server::next_timeout_ms() const noexcept {
   int64_t next = INT64_MAX;
   for (const net::TimerList* list : timer_lists()) next = std::min(next, list->next_deadline());
   if (stopping_) next = std::min(next, shutdown_deadline_ms_);
+  if (config_.supervisor_fd >= 0 && config_.heartbeat_interval_ms > 0) next = std::min(next, next_beat_ms_);
   if (accept_paused_until_ms_) next = std::min(next, accept_paused_until_ms_);
   if (next == INT64_MAX) return -1;
   int64_t d = next - loop_.clock().now_ms();

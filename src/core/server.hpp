@@ -50,6 +50,13 @@ struct ServerConfig {
   // On stop, shut the listening sockets down so new connections are refused at once instead of
   // waiting in the backlog (a supervisor sharing them with other workers turns this off).
   bool shutdown_listeners = true;
+  // A supervisor's pipe (write end, -1: none). The loop thread writes kBeatByte to it every
+  // heartbeat_interval_ms (so a loop stuck in the app stops beating), and kRetireByte once when
+  // max_requests requests have been served (the supervisor then starts a replacement first and
+  // stops this worker gracefully). Both are checked once per loop step, never per request.
+  int supervisor_fd = -1;
+  int64_t heartbeat_interval_ms = 0;  // 0: no heartbeat
+  uint64_t max_requests = 0;          // 0: no limit
   // On stop, a watchdog thread ends the process (_exit) if run() has not returned this long after
   // the graceful timeout: an app stuck on the loop thread cannot be interrupted any other way.
   bool exit_watchdog = true;
@@ -140,6 +147,9 @@ class Server {
   ws::Deflater& ws_deflater() noexcept { return ws_deflater_; }
   std::string& ws_deflate_out() noexcept { return ws_deflate_out_; }
   bool stopping() const noexcept { return stopping_.load(std::memory_order_relaxed); }
+  // A stop was asked for, even if the loop has not begun it yet (a signal handler that ran while
+  // the app was running on the loop thread): responses from now on close their connection.
+  bool stop_requested() const noexcept { return stop_request_.load(std::memory_order_relaxed) != 0; }
   // Inline mode, from a blocking wait on the loop thread: runs the embedder's wake-up hook (signal
   // handlers), which may request a stop.
   void service_wakeup() noexcept;
@@ -147,6 +157,8 @@ class Server {
   // -1 when no stop is requested.
   int64_t stop_wait_deadline_ms() const noexcept;
   static constexpr size_t kBodySlack = 4096;
+  static constexpr char kBeatByte = '.';    // on supervisor_fd: the loop is alive
+  static constexpr char kRetireByte = 'M';  // on supervisor_fd: max_requests reached
   // By the thread running the exchange: the loop thread, or in pool mode any app thread.
   void count_request() noexcept {
     if (config_.threads > 1) counters_.requests_total.fetch_add(1, std::memory_order_relaxed);
@@ -190,6 +202,7 @@ class Server {
   void start_watchdog(int64_t ms) noexcept;
   int start_listening() noexcept;
   void finish_run() noexcept;
+  void notify_supervisor() noexcept;
 
   ServerConfig config_;
   http1::AppHandler* app_;
@@ -249,6 +262,8 @@ class Server {
   std::vector<http1::Connection*> deferred_;          // loop thread only
   std::vector<http1::Connection*> deferred_running_;  // swapped with deferred_: keeps capacity
   int64_t accept_paused_until_ms_ = 0;
+  int64_t next_beat_ms_ = 0;     // heartbeat: when the loop next writes kBeatByte
+  bool retire_sent_ = false;     // kRetireByte went out (once per run)
 
   // Pool mode only (threads > 1): connections lent to app threads and returned by them.
   std::mutex pool_mu_;

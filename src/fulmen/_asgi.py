@@ -104,6 +104,7 @@ class _Runner:
         self.stopping = False  # a first signal came: shut down gracefully
         self.forced = False  # a second one came: stop now, skip the lifespan shutdown (as Uvicorn)
         self.main_task: asyncio.Task | None = None
+        self.worker = cfg.get("_worker") is not None  # forked by a supervisor
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -140,9 +141,7 @@ class _Runner:
                         else self.server.serve_asyncio(loop, state, bridge=bridge))
             except OSError as exc:
                 raise FulmenError(f"could not start serving on {self._where()}: {exc}") from None
-            for listener in self.listeners:
-                error_log.info("Listening on %s", listener.url)
-            sys.stdout.flush()  # the engine writes access lines to fd 1 directly
+            _server.announce_listening(self.cfg, self.listeners)
             try:
                 await done
             except OSError as exc:
@@ -158,7 +157,9 @@ class _Runner:
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None  # signals reach only the main thread; the embedder stops us
-        sigs = (signal.SIGINT, signal.SIGTERM)
+        # A worker leaves SIGINT ignored and takes every TERM as graceful (see
+        # server._run_with_signals); its supervisor sends QUIT to stop now.
+        sigs = (signal.SIGTERM, signal.SIGQUIT) if self.worker else (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
         previous = {sig: signal.getsignal(sig) for sig in sigs}
         for sig in sigs:
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -175,12 +176,16 @@ class _Runner:
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
+        if sig == signal.SIGQUIT and not self.forced:  # Gunicorn's "quick shutdown": stop now
+            self.stopping = True
         if not self.stopping:
             self.stopping = True
-            error_log.info("Shutting down (%s): finishing in-flight requests for up to %gs; "
-                           "press Ctrl-C again to stop now", name, self.cfg["graceful_timeout"])
+            error_log.info("Shutting down (%s): finishing in-flight requests for up to %gs%s", name,
+                           self.cfg["graceful_timeout"], "" if self.worker else "; press Ctrl-C again to stop now")
             if self.server is not None:
                 self.server.stop()
+        elif self.worker and sig != signal.SIGQUIT:
+            pass  # the same stop, relayed by the supervisor
         else:
             error_log.info("Stopping now (%s)", name)
             self.forced = True

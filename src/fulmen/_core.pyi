@@ -51,6 +51,11 @@ class Server:
         ws_ping_timeout: float = 20.0,
         ws_per_message_deflate: bool = True,
         access_log_format: str | None = None,
+        shutdown_listeners: bool = True,
+        supervisor_fd: int = -1,
+        heartbeat_interval: float = 0.0,
+        max_requests: int = 0,
+        multiprocess: bool = False,
     ) -> None: ...
     def serve_asyncio(self, loop: Any, state: dict[str, Any] | None = None, *, bridge: str = "reader") -> Any:
         """interface="asgi" only: serve on a running asyncio/uvloop loop (the engine's epoll fd is

@@ -13,6 +13,7 @@ import argparse
 import ipaddress
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ class Option:
     max: float | None = None
     positional: bool = False
     takes_value: bool = False  # a bool given as "--flag true|false" (Uvicorn's spelling), not --flag/--no-flag
-    multiple: bool = False  # repeatable flag (a list); its variable holds several values (split_list)
+    auto: bool = False  # an int option that also accepts "auto", read as 0
+    multiple: bool = False  # repeatable flag (a tuple); its variable holds several (split_list)
     alt_env: str | None = None  # a second variable other servers read, below FULMEN_<NAME>
     parse: Any = None  # str -> value, raising ValueError("what is wrong; how to fix it")
     unparse: Any = None  # parsed value -> what a config file holds (--print-config)
@@ -140,6 +142,27 @@ OPTIONS: tuple[Option, ...] = (
            "this; 0 = wait forever", metavar="SECONDS", min=0),
     Option("ws_per_message_deflate", bool, True, "ASGI only: offer WebSocket compression (permessage-deflate) "
            "to clients that ask for it", metavar="BOOL", takes_value=True),
+    # Workers and their supervisor (src/fulmen/supervisor.py, docs/deployment.md).
+    Option("workers", int, None, "run a supervisor process with this many worker processes; 0 or auto = "
+           "one per CPU; without it Fulmen is a single process", metavar="N|auto", min=0, auto=True),
+    Option("preload", bool, False, "with --workers: import the app once in the supervisor before forking "
+           "the workers (saves memory; HUP then restarts the workers with the same code)"),
+    Option("timeout", float, 30.0, "with --workers: kill and replace a worker whose event loop has not run "
+           "for this many seconds (its Python stack is logged first); 0 = never", metavar="SECONDS", min=0),
+    Option("max_requests", int, 0, "with --workers: restart a worker (gracefully, its replacement started "
+           "first) after this many requests; 0 = never", metavar="N", min=0),
+    Option("max_requests_jitter", int, 0, "with --max-requests: add a random 0..N to each worker's limit, "
+           "so that workers do not all restart at once", metavar="N", min=0),
+    Option("max_rss", int, 0, "with --workers: restart a worker (gracefully, its replacement started first) "
+           "whose resident memory exceeds this many MiB; 0 = never", metavar="MIB", min=0),
+    Option("reload", bool, False, "development: restart the worker when a watched file changes (inotify; "
+           "a supervisor with one worker, the new one started before the old one stops)"),
+    Option("reload_dir", str, None, "with --reload: watch this directory (repeatable; default: the current "
+           "directory)", metavar="DIR", multiple=True),
+    Option("reload_include", str, None, "with --reload: also watch files matching this glob (repeatable; "
+           "*.py always, unless excluded)", metavar="GLOB", multiple=True),
+    Option("reload_exclude", str, None, "with --reload: ignore files and directories matching this glob "
+           "(repeatable; default: .*, .py[cod], .sw.*, ~*)", metavar="GLOB", multiple=True),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -166,8 +189,8 @@ def convert(opt: Option, value: Any, source: str) -> Any:
         return None
     if opt.multiple:
         items = split_list(value) if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"invalid {source}: expected a string or a list of strings")
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, (str, tuple)) and v for v in items):
+            raise ConfigError(f"invalid {source}: expected one or more non-empty strings")
         one = Option(opt.name, opt.type, None, opt.help, parse=opt.parse)
         return tuple(convert(one, item, source) for item in items)
     try:
@@ -180,6 +203,10 @@ def convert(opt: Option, value: Any, source: str) -> Any:
                 raise ValueError("expected True or False")
         elif opt.type in (int, float):
             kind = "an integer" if opt.type is int else "a number"
+            if opt.auto:
+                kind += ' or "auto"'
+                if isinstance(value, str) and value.strip().lower() == "auto":
+                    value = "0"
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ValueError(f"expected {kind}")
             if opt.type is int and isinstance(value, float):
@@ -357,12 +384,19 @@ def load_config_file(path: str) -> dict[str, Any]:
         # TOML has types: a string where a number or a boolean belongs is a mistake, not a value
         # to parse (the environment, where everything is a string, is the place for that).
         expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[opt.type]
+        if opt.auto and isinstance(value, str) and value.strip().lower() == "auto":
+            values[name] = convert(opt, value, source)  # workers = "auto"
+            continue
         if opt.multiple and isinstance(value, list) and all(isinstance(v, str) for v in value):
             values[name] = convert(opt, value, source)  # e.g. bind = ["0.0.0.0:80", "unix:/run/app.sock"]
             continue
         if not isinstance(value, expected) or (opt.type is not bool and isinstance(value, bool)):
             example = {bool: "true or false", int: "an integer, e.g. 8000",
                        float: "a number, e.g. 5 or 2.5", str: 'a string in quotes, e.g. "value"'}[opt.type]
+            if opt.auto:
+                example = 'an integer or "auto"'
+            if opt.multiple:
+                example = 'a string or a list of strings, e.g. ["a", "b"]'
             raise ConfigError(f"invalid {source}: expected {example}")
         values[name] = convert(opt, value, source)
     return values
@@ -407,6 +441,24 @@ def check(cfg: dict[str, Any], from_cli: bool = True) -> dict[str, Any]:
         raise ConfigError(f'no application given: pass APP as "module:attribute" or set {ENV_PREFIX}APP')
     if isinstance(cfg["forwarded_allow_ips"], str):  # the default, not converted
         cfg["forwarded_allow_ips"] = parse_allow_ips(cfg["forwarded_allow_ips"])
+    if cfg["reload"]:
+        if cfg["workers"] is not None and cfg["workers"] != 1:
+            raise ConfigError("--reload and --workers both given: --reload runs one worker; drop one of them")
+        if cfg["preload"]:
+            raise ConfigError("--reload and --preload both given: a reload must import the app again; "
+                              "drop --preload")
+        cfg["workers"] = 1
+    else:
+        for name in ("reload_dir", "reload_include", "reload_exclude"):
+            if cfg[name]:
+                raise ConfigError(f"{BY_NAME[name].flag} needs --reload")
+    if cfg["workers"] is None:
+        for name in ("preload", "max_requests", "max_requests_jitter", "max_rss"):
+            if cfg[name]:
+                raise ConfigError(f"{BY_NAME[name].flag} needs a supervisor: add --workers N "
+                                  "(--workers 1 for a single supervised worker)")
+    elif cfg["workers"] == 0:
+        cfg["workers"] = os.cpu_count() or 1
     return cfg
 
 

@@ -14,7 +14,7 @@ import resource
 import signal
 import sys
 import threading
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from fulmen import FulmenError, __version__, _importer, _sockets
 
@@ -213,27 +213,62 @@ def raise_open_files_limit() -> None:
 
 
 def serve(cfg: dict[str, Any]) -> None:
-    """Serve until SIGINT/SIGTERM (or until the engine stops). Raises FulmenError."""
+    """Serve until SIGINT/SIGTERM (or until the engine stops). Raises FulmenError.
+
+    With --workers (any value, 1 included) a supervisor process binds the sockets and forks the
+    workers (src/fulmen/supervisor.py); otherwise this process serves alone, as Uvicorn does."""
     setup_logging(cfg)
-    app = _importer.load_app(cfg["app"], factory=cfg["factory"], app_dir=cfg["app_dir"])
-    kind = interface_of(cfg, app)
-    if kind != "wsgi":
-        from fulmen import _asgi
+    if cfg.get("workers") is not None:
+        from fulmen import supervisor
 
-        loop_factory = _asgi.loop_factory(cfg["loop"])  # a missing uvloop is an error before binding
-        if kind == "asgi2":
-            app = _asgi.ASGI2App(app)
-
+        supervisor.Supervisor(cfg).run()
+        return
+    loaded = load(cfg)
     raise_open_files_limit()
     listeners = _sockets.bind(cfg)
     try:
-        if kind == "wsgi":
-            _serve_wsgi(cfg, app, listeners)
-        else:
-            _asgi.serve_asgi(cfg, app, listeners, loop_factory)
+        serve_app(cfg, loaded, listeners)
     finally:
         listeners.close()
     error_log.info("Finished")
+
+
+def load(cfg: dict[str, Any]) -> tuple[Any, str, Any]:
+    """Import the app and settle how to serve it: (app, kind, loop factory or None). Creates no
+    thread and no event loop, so a supervisor may call it before forking (--preload)."""
+    app = _importer.load_app(cfg["app"], factory=cfg["factory"], app_dir=cfg["app_dir"])
+    kind = interface_of(cfg, app)
+    new_loop = None
+    if kind != "wsgi":
+        from fulmen import _asgi
+
+        new_loop = _asgi.loop_factory(cfg["loop"])  # a missing uvloop is an error before binding
+        if kind == "asgi2":
+            app = _asgi.ASGI2App(app)
+    return app, kind, new_loop
+
+
+def serve_app(cfg: dict[str, Any], loaded: tuple[Any, str, Any], listeners: _sockets.Listeners) -> None:
+    """Serve an app returned by load() on bound listeners until it is stopped."""
+    app, kind, new_loop = loaded
+    if kind == "wsgi":
+        _serve_wsgi(cfg, app, listeners)
+    else:
+        from fulmen import _asgi
+
+        _asgi.serve_asgi(cfg, app, listeners, new_loop)
+
+
+def announce_listening(cfg: dict[str, Any], listeners: _sockets.Listeners) -> None:
+    """The engine serves from now on: say so (a single process) or tell the supervisor (a worker,
+    whose supervisor logs the address once)."""
+    worker = cfg.get("_worker")
+    if worker is None:
+        for listener in listeners:
+            error_log.info("Listening on %s", listener.url)
+    else:
+        worker.ready()
+    sys.stdout.flush()  # the engine writes access lines to fd 1 directly
 
 
 def _serve_wsgi(cfg: dict[str, Any], app: Any, listeners: _sockets.Listeners) -> None:
@@ -241,10 +276,10 @@ def _serve_wsgi(cfg: dict[str, Any], app: Any, listeners: _sockets.Listeners) ->
     server = core.Server(app, listeners.engine_tuples(), threads=cfg["threads"], **engine_options(cfg))
     error_log.info("Starting Fulmen %s (WSGI, %d thread%s)", __version__, cfg["threads"],
                    "" if cfg["threads"] == 1 else "s")
-    for listener in listeners:
-        error_log.info("Listening on %s", listener.url)
-    sys.stdout.flush()  # the engine writes access lines to fd 1 directly
-    _run_with_signals(server, cfg["graceful_timeout"])
+    # Announced once the signal handlers are in place: a supervisor may stop a worker as soon as
+    # it is ready, and a TERM before that would kill it instead of stopping it gracefully.
+    _run_with_signals(server, cfg["graceful_timeout"], on_ready=lambda: announce_listening(cfg, listeners),
+                      worker=cfg.get("_worker") is not None)
 
 
 def interface_of(cfg: dict[str, Any], app: Any) -> str:
@@ -281,12 +316,19 @@ def engine_options(cfg: dict[str, Any]) -> dict[str, Any]:
         proxy_headers=cfg.get("proxy_headers", False),
         forwarded_allow_ips=list(cfg.get("forwarded_allow_ips", ("127.0.0.1",))),
         proxy_protocol=cfg.get("proxy_protocol", False),
+        **(cfg["_worker"].engine_options() if cfg.get("_worker") is not None else {}),
     )
 
 
-def _run_with_signals(server: Any, graceful_timeout: float) -> None:
+def _run_with_signals(server: Any, graceful_timeout: float, on_ready: Callable[[], None] = lambda: None,
+                      worker: bool = False) -> None:
+    """Serve until a signal stops us. A worker (under a supervisor) leaves SIGINT ignored and
+    takes every TERM as graceful: Ctrl-C or a TERM to the whole process group (systemd's
+    default) also reaches the supervisor, which relays it, and must not count as a second signal;
+    the supervisor sends QUIT to stop now."""
     if threading.current_thread() is not threading.main_thread():
         # Python delivers signals only to the main thread; the caller stops us with server.stop().
+        on_ready()
         server.run()
         return
 
@@ -294,21 +336,31 @@ def _run_with_signals(server: Any, graceful_timeout: float) -> None:
 
     def on_signal(signum: int, frame: Any) -> None:
         nonlocal stopping
-        if not stopping:
+        if signum == signal.SIGQUIT:  # Gunicorn's "quick shutdown"
+            error_log.info("Stopping now (%s)", signal.Signals(signum).name)
             stopping = True
-            error_log.info("Shutting down (%s): finishing in-flight requests for up to %gs; "
-                           "press Ctrl-C again to stop now", signal.Signals(signum).name, graceful_timeout)
+            server.stop(graceful=False)
+        elif not stopping:
+            stopping = True
+            error_log.info("Shutting down (%s): finishing in-flight requests for up to %gs%s",
+                           signal.Signals(signum).name, graceful_timeout,
+                           "" if worker else "; press Ctrl-C again to stop now")
             server.stop()
+        elif worker:
+            pass  # the same stop, relayed by the supervisor
         else:
             error_log.info("Stopping now (%s)", signal.Signals(signum).name)
             server.stop(graceful=False)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    sigs = (signal.SIGTERM, signal.SIGQUIT) if worker else (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+    previous = {sig: signal.signal(sig, on_signal) for sig in sigs}
+    # USR1 reopens the log files, as in Gunicorn (a supervisor forwards it to its workers).
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda signum, frame: reopen_log_files())
     # The engine sleeps in C++ epoll_wait; the wakeup fd makes a signal wake it so that Python
     # runs on_signal promptly. A full pipe already means a pending wake-up: no warning needed.
     previous_fd = signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False)
     try:
+        on_ready()
         server.run()
     finally:
         signal.set_wakeup_fd(previous_fd)

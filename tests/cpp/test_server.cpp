@@ -474,8 +474,8 @@ TEST(Server, KeepAliveReusesOneConnection) {
   EXPECT_EQ(stat_field(s.body, "total"), 1u) << s.body;
   EXPECT_EQ(stat_field(s.body, "open"), 1u) << s.body;
   EXPECT_EQ(stat_field(s.body, "requests"), 21u) << s.body;
+  c.close_now();  // an idle connection would keep a graceful stop waiting for its next request
   ASSERT_TRUE(srv.stop(true));
-  EXPECT_TRUE(c.wait_closed(2000));
   ServerStats st = srv.stats();
   EXPECT_EQ(st.connections_open, 0u);
   EXPECT_EQ(st.connections_total, 1u);
@@ -1210,19 +1210,140 @@ TEST(Server, SendFileCountClampedToContentLength) {
 
 // ---- shutdown --------------------------------------------------------------------------------------
 
-TEST(Server, GracefulStopClosesIdleConnection) {
+// Waits until the loop has begun a graceful stop (stopping() is an atomic, readable from here).
+bool wait_stopping(Running& srv, int timeout_ms = 3000) {
+  int64_t deadline = mono_ms() + timeout_ms;
+  while (!srv.server().stopping()) {
+    if (mono_ms() > deadline) return false;
+    poll(nullptr, 0, 1);
+  }
+  return true;
+}
+
+// A graceful stop does not close an idle keep-alive connection at once: its client may be sending
+// the next request at that very moment, and would see EOF or a reset for it. The request that
+// comes is answered, with "Connection: close", and then the connection closes.
+TEST(Server, GracefulStopAnswersTheNextRequestOfAnIdleConnectionWithClose) {
+  TestApp app;
+  Running srv(test_config(), app);  // keep-alive 5 s
+  Client c(srv.port());
+  ASSERT_TRUE(c.send(get("/hello")));
+  ASSERT_TRUE(c.read_response().ok);
+  int64_t t0 = mono_ms();
+  srv.server().stop(true);
+  ASSERT_TRUE(wait_stopping(srv));
+  ASSERT_TRUE(c.send(get("/hello")));
+  Response r = c.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  EXPECT_EQ(r.body, "hello");
+  EXPECT_EQ(r.header("Connection"), "close");
+  EXPECT_TRUE(c.wait_closed(2000));
+  EXPECT_TRUE(c.pending().empty());
+  EXPECT_TRUE(srv.wait_exit(3000));
+  EXPECT_LT(mono_ms() - t0, 3000);  // not the keep-alive timeout: the close ended it
+  EXPECT_EQ(srv.rc(), 0);
+  EXPECT_EQ(srv.stats().connections_open, 0u);
+}
+
+// The same request sent before the stop but not yet read by the loop: answered too.
+TEST(Server, GracefulStopServesARequestAlreadyInTheSocket) {
   TestApp app;
   Running srv(test_config(), app);
   Client c(srv.port());
   ASSERT_TRUE(c.send(get("/hello")));
   ASSERT_TRUE(c.read_response().ok);
+  ASSERT_TRUE(c.send(get("/hello")));
+  srv.server().stop(true);
+  Response r = c.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  EXPECT_EQ(r.body, "hello");
+  EXPECT_TRUE(c.wait_closed(3000));
+  EXPECT_TRUE(srv.wait_exit(3000));
+}
+
+// A client that sends nothing more is closed at its keep-alive timeout (or the graceful deadline,
+// whichever is first), without any bytes, and the stop then completes.
+TEST(Server, GracefulStopClosesAnIdleConnectionAtItsKeepAliveTimeout) {
+  ServerConfig cfg = test_config();
+  cfg.keep_alive_ms = 500;
+  TestApp app;
+  Running srv(cfg, app);
+  Client c(srv.port());
+  ASSERT_TRUE(c.send(get("/hello")));
+  ASSERT_TRUE(c.read_response().ok);
   int64_t t0 = mono_ms();
-  ASSERT_TRUE(srv.stop(true, 3000));
-  EXPECT_LT(mono_ms() - t0, 1000);
-  EXPECT_TRUE(c.wait_closed(1000));
+  srv.server().stop(true);
+  ASSERT_TRUE(wait_stopping(srv));
+  EXPECT_TRUE(c.wait_closed(3000));
+  EXPECT_GE(mono_ms() - t0, 250);  // it was kept, not closed at the stop
+  EXPECT_LT(mono_ms() - t0, 2000);  // and its deadline was not pushed back by the stop
   EXPECT_TRUE(c.pending().empty());
+  EXPECT_TRUE(srv.wait_exit(3000));
   EXPECT_EQ(srv.rc(), 0);
   EXPECT_EQ(srv.stats().connections_open, 0u);
+}
+
+TEST(Server, GracefulStopClosesAnIdleConnectionAtTheGracefulDeadline) {
+  ServerConfig cfg = test_config();  // keep-alive 5 s
+  cfg.graceful_timeout_ms = 300;
+  TestApp app;
+  Running srv(cfg, app);
+  Client c(srv.port());
+  ASSERT_TRUE(c.send(get("/hello")));
+  ASSERT_TRUE(c.read_response().ok);
+  int64_t t0 = mono_ms();
+  ASSERT_TRUE(srv.stop(true, 3000));
+  EXPECT_GE(mono_ms() - t0, 250);
+  EXPECT_TRUE(c.wait_closed(1000));
+  EXPECT_TRUE(c.pending().empty());
+}
+
+// A supervisor's pipe gets heartbeat bytes from the loop's own timer (an idle server beats too)
+// and one retire notice once max_requests requests were served.
+TEST(Server, SupervisorPipeGetsBeatsAndOneRetireNotice) {
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+  ServerConfig cfg = test_config();
+  cfg.supervisor_fd = p[1];
+  cfg.heartbeat_interval_ms = 50;
+  cfg.max_requests = 3;
+  TestApp app;
+  std::string got;
+  auto read_pipe = [&] {
+    char buf[256];
+    ssize_t n;
+    while ((n = read(p[0], buf, sizeof buf)) > 0) got.append(buf, size_t(n));
+  };
+  auto wait_for = [&](auto pred) {
+    int64_t deadline = mono_ms() + 5000;
+    for (read_pipe(); !pred() && mono_ms() < deadline; read_pipe()) poll(nullptr, 0, 10);
+    return pred();
+  };
+  {
+    Running srv(cfg, app);
+    auto beats = [&] { return size_t(std::count(got.begin(), got.end(), Server::kBeatByte)); };
+    ASSERT_TRUE(wait_for([&] { return beats() >= 3; })) << got;  // idle, and beating
+    EXPECT_EQ(got.find(Server::kRetireByte), std::string::npos);
+    Client c(srv.port());
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(c.send(get("/hello")));
+      ASSERT_TRUE(c.read_response().ok);
+    }
+    read_pipe();
+    EXPECT_EQ(got.find(Server::kRetireByte), std::string::npos) << "after 2 of 3 requests";
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(c.send(get("/hello")));
+      ASSERT_TRUE(c.read_response().ok);  // it goes on serving until it is told to stop
+    }
+    ASSERT_TRUE(wait_for([&] { return got.find(Server::kRetireByte) != std::string::npos; })) << got;
+    size_t before = beats();
+    ASSERT_TRUE(wait_for([&] { return beats() >= before + 2; })) << got;
+    EXPECT_EQ(std::count(got.begin(), got.end(), Server::kRetireByte), 1);
+    c.close_now();
+    ASSERT_TRUE(srv.stop(true));
+  }
+  close(p[0]);
+  close(p[1]);
 }
 
 TEST(Server, GracefulStopLetsPausedResponseComplete) {
@@ -1237,7 +1358,13 @@ TEST(Server, GracefulStopLetsPausedResponseComplete) {
   ASSERT_TRUE(c.send(get("/stream?n=1048576&c=8192")));
   ASSERT_TRUE(app.wait_paused(1, 5000));
   srv.server().stop(true);
-  EXPECT_TRUE(idle.wait_closed(2000));  // the idle one goes at once
+  ASSERT_TRUE(wait_stopping(srv));
+  // The idle one is answered once more, with a close.
+  ASSERT_TRUE(idle.send(get("/hello")));
+  Response last = idle.read_response();
+  ASSERT_TRUE(last.ok) << last;
+  EXPECT_EQ(last.header("Connection"), "close");
+  EXPECT_TRUE(idle.wait_closed(2000));
   Response r = c.read_response(10000);
   ASSERT_TRUE(r.ok) << r;
   EXPECT_EQ(r.body.size(), 1048576u);
@@ -1399,8 +1526,14 @@ TEST(ServerPool, GracefulStopWithIdleAndErrors) {
     EXPECT_EQ(r.status, 500);
     EXPECT_TRUE(bad.wait_closed(2000));
   }  // closed here, so the server's linger ends now rather than after 2 s
-  ASSERT_TRUE(srv.stop(true, 3000));
-  EXPECT_TRUE(idle.wait_closed(1000));
+  srv.server().stop(true);
+  ASSERT_TRUE(wait_stopping(srv));
+  ASSERT_TRUE(idle.send(get("/hello")));  // served by a pool thread, with a close
+  Response last = idle.read_response();
+  ASSERT_TRUE(last.ok) << last;
+  EXPECT_EQ(last.header("Connection"), "close");
+  EXPECT_TRUE(idle.wait_closed(2000));
+  ASSERT_TRUE(srv.wait_exit(3000));
   EXPECT_EQ(srv.stats().connections_open, 0u);
 }
 
@@ -1468,6 +1601,7 @@ TEST(Server, SteadyStateAllocatesNothingPerRequest) {
       << " -> " << after.body;
   EXPECT_EQ(stat_field(after.body, "conns"), 1u);
   EXPECT_EQ(stat_field(after.body, "requests") - stat_field(before.body, "requests"), 1251u);
+  c.close_now();
   ASSERT_TRUE(srv.stop(true));
   EXPECT_EQ(srv.stats().connections_open, 0u);
 }
@@ -1488,6 +1622,7 @@ TEST(Server, ConnectionsAreRecycledNotReallocated) {
   // Closed one at a time, so a handful of Connection objects (lingering ones included) suffice.
   EXPECT_LE(stat_field(s.body, "conns"), 4u) << s.body;
   EXPECT_LE(stat_field(s.body, "buffers"), 8u) << s.body;
+  c.close_now();
   ASSERT_TRUE(srv.stop(true));
   ServerStats st = srv.stats();
   EXPECT_EQ(st.connections_open, 0u);
@@ -1523,6 +1658,7 @@ TEST(Server, AccessLogLine) {
     Client c(srv.port());
     ASSERT_TRUE(c.send(get("/hello?x=1", "User-Agent: tester/1.0\r\nReferer: http://r/\r\n")));
     ASSERT_TRUE(c.read_response().ok);
+    c.close_now();
     ASSERT_TRUE(srv.stop(true));
   }
   close(p[1]);
@@ -1578,6 +1714,7 @@ TEST(Server, AccessLogCustomFormatAllocatesNothingPerRequest) {
     Response after = c.read_response();
     ASSERT_TRUE(after.ok);
     EXPECT_EQ(stat_field(after.body, "allocs"), stat_field(before.body, "allocs")) << after.body;
+    c.close_now();  // an idle connection would keep a graceful stop waiting for its next request
     ASSERT_TRUE(srv.stop(true));
   }
   close(p[1]);

@@ -7,6 +7,7 @@ The checks that need no server read --print-config, which reports each option's 
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -85,6 +86,10 @@ def test_every_option_can_come_from_the_file(tmp_path):
             expected[opt.name] = parsed[opt.name][1]
             continue
         assert opt.parse is None, f"add a sample value for {opt.name} to `parsed`"
+        if opt.multiple:  # a TOML list of strings
+            lines.append(f"{key} = {json.dumps([f'/tmp/x-{opt.name}', f'/tmp/y-{opt.name}'])}")
+            expected[opt.name] = (f"/tmp/x-{opt.name}", f"/tmp/y-{opt.name}")
+            continue
         if opt.choices:
             value = opt.choices[-1]
         elif opt.type is bool:
@@ -201,3 +206,18 @@ def test_every_option_is_in_the_documentation_table():
     for opt in config.OPTIONS:
         flag = "`APP`" if opt.positional else f"`{opt.flag}"
         assert any(row.startswith(f"| {flag}") and f"`{opt.env}`" in row for row in rows), opt.name
+
+
+def test_workers_auto_and_lists_from_the_file(tmp_path):
+    conf = tmp_path / "workers.toml"
+    conf.write_text('app = "hello:app"\nworkers = "auto"\nmax_requests = 100\n')
+    shown = printed("--config", str(conf))
+    assert shown["workers"] == (str(os.cpu_count() or 1), "file")
+    assert shown["max_requests"] == ("100", "file")
+    conf.write_text('app = "hello:app"\nreload = true\nreload_exclude = ["*.tmp", "build"]\n')
+    shown = printed("--config", str(conf))
+    assert shown["reload_exclude"] == ('["*.tmp", "build"]', "file")
+    assert shown["workers"] == ("1", "default")  # --reload runs one supervised worker
+    conf.write_text('app = "hello:app"\nworkers = "many"\n')
+    result = run_fulmen("--print-config", "--config", str(conf))
+    assert result.returncode == 1 and "workers" in result.stderr and '"auto"' in result.stderr

@@ -257,7 +257,13 @@ def test_proxy_protocol_v1_and_v2_wsgi(server):
                                    V2_SIG + bytes([0x21, 0x12, 0, 12]) + bytes(12)])
 def test_proxy_protocol_required(server, first):
     srv = server("echo_environ:app", "--proxy-protocol")
-    assert raw_request(srv.port, [first]) == b""  # closed without an HTTP answer
+    try:
+        answer = raw_request(srv.port, [first])
+    except (ConnectionResetError, BrokenPipeError):
+        # The server may close as soon as the bad header is read, with the request still unread
+        # in its socket: the kernel then resets the connection. Either way: no HTTP answer.
+        answer = b""
+    assert answer == b""  # closed without an HTTP answer
     assert body_json(raw_request(srv.port, [b"PROXY UNKNOWN\r\n"]))  # the server is still fine
 
 

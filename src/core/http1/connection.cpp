@@ -300,7 +300,12 @@ void Connection::stop_if_idle() noexcept {
     return;
   }
   if (state_ == State::kReadHead && (!in_ || in_->end() == 0) && !out_pending()) {
-    // A request may be sitting unread in the socket (no edge seen yet): look before closing.
+    // A request may be sitting unread in the socket (no edge seen yet): serve it now (with
+    // "Connection: close"). A connection with nothing to read is left as it is, keep-alive
+    // deadline included: its next request or its timer ends it.
+    char c;
+    ssize_t n = ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
     readable_ = true;
     drive();
   }
@@ -410,10 +415,11 @@ Connection::Step Connection::step_read_head() noexcept {
       }
     }
     if (!readable_) {
-      if (server_->stopping() && (!in_ || in_->end() == 0) && !out_pending()) {
-        close_now();  // stopping, and nothing was asked that we have not answered
-        return Step::kWait;
-      }
+      // Stopping does not close an idle keep-alive connection here: the client may be sending
+      // its next request right now, and a close would race with it (the client sees EOF or a
+      // reset for a request it cannot know was never read). The connection waits for that
+      // request, which is answered with "Connection: close", or for its keep-alive timeout or
+      // the graceful deadline, whichever comes first.
       if (in_ && in_->end() == 0 && !out_pending()) release_buffers();
       if (peer_eof_ && (!in_ || in_->end() == 0)) {
         // The client half-closed and every request it sent is answered: done.
@@ -532,7 +538,7 @@ bool Connection::begin_exchange(size_t head_len) noexcept {
     for (size_t i = 0; i < fmt.response_headers().size(); ++i) resp_cap_len_[i] = kNotCaptured;
   }
   file_left_ = 0;
-  keep_alive_ = req_.keep_alive && !server_->stopping();
+  keep_alive_ = req_.keep_alive && !server_->stop_requested();
   paused_ = false;
   detached_ = false;
   want_body_ = false;
@@ -594,7 +600,7 @@ void Connection::on_returned() noexcept {
 // Called once the response is complete (finish) on the thread that owns the connection: decides
 // what happens to the rest of the request body and to the connection. Touches no loop state.
 void Connection::after_response() noexcept {
-  if (server_->stopping()) keep_alive_ = false;
+  if (server_->stop_requested()) keep_alive_ = false;
   if (!body_done_ && body_error_ == BodyError::kNone && keep_alive_) {
     if (continue_pending_) {
       // The client is waiting for our go-ahead that will never come; it may or may not send the
@@ -849,7 +855,7 @@ Exchange::StartError Connection::start_response(int status, std::string_view rea
     if (req_.version_minor >= 1) chunked_out_ = true;
     else keep_alive_ = false;  // HTTP/1.0 without a length: the close delimits the body
   }
-  if (server_->stopping() || ws_request_) keep_alive_ = false;  // a denied upgrade closes
+  if (server_->stop_requested() || ws_request_) keep_alive_ = false;  // a denied upgrade closes
   // A final status before the body we never asked for: the client may still send it, so say we
   // close (RFC 9110 section 10.1.1), and never send 100 after this.
   if (continue_pending_ && !body_done_) keep_alive_ = false;
@@ -1190,7 +1196,7 @@ void Connection::write_simple(int status, std::string_view body, std::string_vie
   o.append(extra);  // whole header lines, each ending in CRLF
   o.append("Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
   o.append(num, base::format_u64(body.size(), num));
-  o.append(keep_alive_ && !server_->stopping() ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
+  o.append(keep_alive_ && !server_->stop_requested() ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
   if (req_.method_id != Method::kHead) o.append(body);
   started_ = true;
   status_ = status;
