@@ -195,11 +195,13 @@ needs_socket_activate = pytest.mark.skipif(not os.access(SOCKET_ACTIVATE, os.X_O
 
 
 @needs_socket_activate
-def test_systemd_socket_activation_tcp_and_unix(tmp_path):
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_systemd_socket_activation_tcp_and_unix(tmp_path, workers):
     """systemd-socket-activate listens on a Unix socket (-l PATH) and passes through a TCP socket
     we bound to port 0 (it forwards sockets it received via LISTEN_FDS, so no free-port guess);
     on the first connection it execs Fulmen with LISTEN_FDS=2, LISTEN_PID and LISTEN_FDNAMES (and
-    an environment of its own: hence --app-dir)."""
+    an environment of its own: hence --app-dir). With --workers the supervisor takes the sockets
+    and its forked workers serve them."""
     path = str(tmp_path / "activated.sock")
     pre = socket.socket()
     pre.bind(("127.0.0.1", 0))
@@ -213,7 +215,7 @@ def test_systemd_socket_activation_tcp_and_unix(tmp_path):
     # run's preload (the ASan build of the engine needs it) when there is one.
     keep = " ".join(f"-E {k}" for k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS") if k in os.environ)
     script = (f'exec 3<&{pre.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" -l "$1" --fdname=web:local {keep} '
-              f'"$2" -m fulmen --no-access-log --app-dir "$3" sd_env:app')
+              f'"$2" -m fulmen --no-access-log --app-dir "$3" {"--workers " + workers if workers else ""} sd_env:app')
     srv = Server(["bash", "-c", script, SOCKET_ACTIVATE, path, sys.executable, str(APPS)], None,
                  pass_fds=(pre.fileno(),),
                  ready=re.compile(r"Listening on (\S+) as 4\."))
@@ -229,6 +231,8 @@ def test_systemd_socket_activation_tcp_and_unix(tmp_path):
         data = json.loads(body)
         assert data["listen"] == {}  # unset for the app and its children, as sd_listen_fds(1) does
         assert data["SERVER_NAME"] == path
+        # Served by a forked worker under --workers, by the activated process itself otherwise.
+        assert (data["pid"] != srv.proc.pid) == bool(workers), srv.output
         status, body = get(("127.0.0.1", port))
         assert status == 200 and json.loads(body)["SERVER_PORT"] == str(port)
         assert srv.wait_for_log(r"Listening on fd://3 \(http://127\.0\.0\.1:%d\) from systemd \(web\)" % port), \

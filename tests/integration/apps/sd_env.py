@@ -10,6 +10,7 @@ def app(environ, start_response):
         "listen": {k: v for k, v in os.environ.items() if k.startswith("LISTEN_")},
         "SERVER_NAME": environ["SERVER_NAME"],
         "SERVER_PORT": environ["SERVER_PORT"],
+        "pid": os.getpid(),
     }).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
     return [out]
