@@ -132,6 +132,11 @@ def bind_tcp(host: str, port: int, backlog: int, flag: str = "--host") -> Listen
         sock = socket.socket(family, type_, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart during TIME_WAIT
+            if family == socket.AF_INET6:
+                # As socket.create_server: [::] is IPv6 only, so that --bind 0.0.0.0:P and
+                # --bind [::]:P can both listen (with the system default, bindv6only=0, the second
+                # would fail with EADDRINUSE).
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(addr)
             sock.listen(backlog)
         except OSError as exc:
@@ -197,6 +202,9 @@ def from_fd(fd: int, flag: str = "--fd ") -> Listener:
     if not stat.S_ISSOCK(mode):
         raise FulmenError(f"{flag}{fd} is not a socket")
     sock = socket.socket(fileno=fd)
+    # Ours from now on: processes the app starts must not inherit it (and keep the port open
+    # after Fulmen exits). Workers of a supervisor get it by fork, which ignores this flag.
+    os.set_inheritable(fd, False)
     if sock.type != socket.SOCK_STREAM:
         sock.detach()
         raise FulmenError(f"{flag}{fd} is not a stream (TCP or Unix stream) socket")

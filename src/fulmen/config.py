@@ -387,6 +387,8 @@ def load_config_file(path: str) -> dict[str, Any]:
         if opt.auto and isinstance(value, str) and value.strip().lower() == "auto":
             values[name] = convert(opt, value, source)  # workers = "auto"
             continue
+        if opt.multiple and isinstance(value, str):
+            value = [value]  # one item: only the environment splits on commas and spaces
         if opt.multiple and isinstance(value, list) and all(isinstance(v, str) for v in value):
             values[name] = convert(opt, value, source)  # e.g. bind = ["0.0.0.0:80", "unix:/run/app.sock"]
             continue
@@ -429,10 +431,23 @@ def from_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
         raise TypeError(f"run() got unknown option(s): {', '.join(unknown)}")
     cfg = Settings((opt.name, opt.default) for opt in OPTIONS)
     cfg.sources = {opt.name: "default" for opt in OPTIONS}
+    if options.get("config"):  # run(app, config="fulmen.toml"): the file, below the keywords
+        for name, value in load_config_file(convert(BY_NAME["config"], options["config"], "config")).items():
+            cfg[name] = value
+            cfg.sources[name] = "file"
     for name, value in options.items():
         cfg[name] = convert(BY_NAME[name], value, f"{name}={value!r}")
         cfg.sources[name] = "run()"
     return check(cfg, from_cli=False)
+
+
+def usable_cpus() -> int:
+    """--workers auto: the CPUs this process may run on (its affinity, e.g. taskset or a
+    container's cpuset), not every CPU of the host."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def check(cfg: dict[str, Any], from_cli: bool = True) -> dict[str, Any]:
@@ -448,6 +463,8 @@ def check(cfg: dict[str, Any], from_cli: bool = True) -> dict[str, Any]:
             raise ConfigError("--reload and --preload both given: a reload must import the app again; "
                               "drop --preload")
         cfg["workers"] = 1
+        if getattr(cfg, "sources", {}).get("timeout", "default") == "default":
+            cfg["timeout"] = 0.0  # development: a worker paused in a debugger must not be killed
     else:
         for name in ("reload_dir", "reload_include", "reload_exclude"):
             if cfg[name]:
@@ -458,7 +475,7 @@ def check(cfg: dict[str, Any], from_cli: bool = True) -> dict[str, Any]:
                 raise ConfigError(f"{BY_NAME[name].flag} needs a supervisor: add --workers N "
                                   "(--workers 1 for a single supervised worker)")
     elif cfg["workers"] == 0:
-        cfg["workers"] = os.cpu_count() or 1
+        cfg["workers"] = usable_cpus()
     return cfg
 
 

@@ -88,6 +88,13 @@ class _LogFile:
 _log_files: dict[str, _LogFile] = {}  # "access" / "error" while open
 
 
+def error_log_stream() -> TextIO:
+    """Where the error log goes: the --error-logfile stream, else stderr (for faulthandler and
+    tracebacks printed outside logging)."""
+    f = _log_files.get("error")
+    return f.stream if f is not None and f.stream is not None else sys.stderr
+
+
 def setup_logging(cfg: dict[str, Any]) -> None:
     """The error log (stream or --error-logfile, then --log-config) and the access log's file."""
     opened: dict[str, _LogFile] = {}

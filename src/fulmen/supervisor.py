@@ -67,6 +67,10 @@ _WORKER_IGNORES = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
                    signal.SIGUSR1)
 
 
+def _ignore(signum: int, frame: Any) -> None:
+    """A worker's handler for signals meant for its supervisor (see _WORKER_IGNORES)."""
+
+
 def heartbeat_interval(timeout: float) -> float:
     """How often a worker's loop beats: four beats per --timeout, at most one a second, so that an
     idle worker wakes up at most once a second."""
@@ -126,6 +130,8 @@ class Supervisor:
         self.reload_at: float | None = None  # --reload: a change was seen; reload then
         self.changed_file = ""
         self.waiting_for_change = False  # --reload: the code does not boot; wait for a fix
+        self.boot_backoff = 0.0  # seconds before the next try after a failed boot (while others serve)
+        self.spawn_after = 0.0  # monotonic time before which no worker is started
 
     # ---- the supervisor's life ----------------------------------------------------------------
 
@@ -254,6 +260,7 @@ class Supervisor:
         w.last_beat = now
         if READY in data and not w.ready:
             w.ready = True
+            self.boot_backoff = 0.0
             error_log.info("Worker %d ready", w.pid)
         if RETIRE in data and not w.retire and w.stopping_since is None:
             error_log.info("Worker %d served its --max-requests: replacing it", w.pid)
@@ -333,9 +340,10 @@ class Supervisor:
         active = [w for w in self.workers.values() if w.stopping_since is None]
         current = [w for w in active if w.generation == self.generation and not w.retire]
         outdated = sorted((w for w in active if w not in current), key=lambda w: w.born)
-        for _ in range(self.target - len(current)):
-            current.append(self._spawn())
-            self.all_ready = False
+        if time.monotonic() >= self.spawn_after:
+            for _ in range(self.target - len(current)):
+                current.append(self._spawn())
+                self.all_ready = False
         if len(current) > self.target:  # TTOU: the oldest go, as in Gunicorn
             for w in sorted(current, key=lambda w: w.born)[: len(current) - self.target]:
                 self._stop(w, signal.SIGTERM, "fewer workers (SIGTTOU)")
@@ -356,10 +364,15 @@ class Supervisor:
         r, w = os.pipe()
         sys.stdout.flush()  # or the child would write our buffered lines again
         sys.stderr.flush()
+        # Signals stay blocked across the fork: one sent to the new worker before it has its own
+        # handlers waits (pending) until it has them, instead of running the supervisor's handler
+        # in the child, where it would be lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         pid = os.fork()
         if pid == 0:  # the worker; never returns
             os.close(r)
-            self._worker_main(w)
+            self._worker_main(w, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(w)
         os.set_blocking(r, False)
         now = time.monotonic()
@@ -368,17 +381,20 @@ class Supervisor:
         error_log.info("Started worker %d", pid)
         return worker
 
-    def _worker_main(self, fd: int) -> None:
+    def _worker_main(self, fd: int, mask: set) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
             for sig in _HANDLED:
                 signal.signal(sig, signal.SIG_DFL)
             for sig in _WORKER_IGNORES:
-                signal.signal(sig, signal.SIG_IGN)
+                # A handler that does nothing rather than SIG_IGN: an ignored signal stays ignored
+                # in every process the app starts (exec keeps SIG_IGN, resets handlers).
+                signal.signal(sig, _ignore)
             # "Stop now" before the server's own handlers are in place (while importing the app):
             # exit, rather than QUIT's default action, a core dump.
             signal.signal(signal.SIGQUIT, lambda signum, frame: os._exit(0))
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             _stop_with_parent(self.pid)
             os.close(self.wake_r)
             os.close(self.wake_w)
@@ -389,7 +405,8 @@ class Supervisor:
                     os.close(other.fd)
             self.workers = {}
             if self.timeout > 0:
-                faulthandler.register(STACK_SIGNAL, all_threads=True)
+                # The stack goes where the error log goes (--error-logfile, else stderr).
+                faulthandler.register(STACK_SIGNAL, file=_server.error_log_stream(), all_threads=True)
             max_requests = self.cfg["max_requests"]
             if max_requests and self.cfg["max_requests_jitter"]:
                 max_requests += random.randint(0, self.cfg["max_requests_jitter"])
@@ -405,13 +422,14 @@ class Supervisor:
             code = 0
         except FulmenError as exc:
             if exc.detail:
-                sys.stderr.write(exc.detail if exc.detail.endswith("\n") else exc.detail + "\n")
+                out = _server.error_log_stream()
+                out.write(exc.detail if exc.detail.endswith("\n") else exc.detail + "\n")
             error_log.error("Worker %d: %s", os.getpid(), exc)
             code = exc.exit_code
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
-            traceback.print_exc()
+            traceback.print_exc(file=_server.error_log_stream())
             code = 1
         finally:
             try:
@@ -461,6 +479,17 @@ class Supervisor:
             error_log.error("Worker %d failed to boot (%s; its error is above); waiting for a file change "
                             "to try again", w.pid, how)
             self.waiting_for_change = True
+            return
+        serving = [o for o in self.workers.values() if o.ready and o.stopping_since is None]
+        if serving:
+            # A replacement (after a crash, --max-requests, --max-rss, --timeout) that cannot boot
+            # while others serve: the code on disk may be broken, or a resource its startup needs
+            # is down. Keep serving and try again, waiting longer each time (up to 30 s).
+            self.boot_backoff = min(max(2 * self.boot_backoff, 1.0), 30.0)
+            self.spawn_after = time.monotonic() + self.boot_backoff
+            error_log.error("Worker %d failed to boot (%s; its error is above): %s serving; trying again "
+                            "in %gs", w.pid, how, "1 worker keeps" if len(serving) == 1 else
+                            f"{len(serving)} workers keep", self.boot_backoff)
             return
         # As Gunicorn: a worker that cannot boot will not boot the next time either; restarting it
         # in a loop would only hide the error.

@@ -221,3 +221,27 @@ def test_workers_auto_and_lists_from_the_file(tmp_path):
     conf.write_text('app = "hello:app"\nworkers = "many"\n')
     result = run_fulmen("--print-config", "--config", str(conf))
     assert result.returncode == 1 and "workers" in result.stderr and '"auto"' in result.stderr
+
+
+def test_a_toml_string_for_a_repeatable_option_is_one_value(tmp_path):
+    # Only the environment splits on commas and spaces; in a file a string is one item.
+    conf = tmp_path / "one.toml"
+    conf.write_text('app = "hello:app"\nbind = "unix:/tmp/my app.sock"\n')
+    assert printed("--config", str(conf))["bind"] == ('["unix:/tmp/my app.sock"]', "file")
+
+
+def test_reload_drops_the_default_worker_timeout():
+    # A development worker stopped in a debugger must not be killed after 30 s...
+    assert printed("--reload", "hello:app")["timeout"] == ("0.0", "default")
+    # ...unless asked for.
+    assert printed("--reload", "--timeout", "12", "hello:app")["timeout"] == ("12.0", "cli")
+
+
+def test_run_reads_a_config_file_below_its_keywords(tmp_path):
+    conf = tmp_path / "run.toml"
+    conf.write_text('port = 9555\nthreads = 3\nroot_path = "/api"\n')
+    cfg = config.from_kwargs({"config": str(conf), "threads": 2})
+    assert (cfg["port"], cfg["threads"], cfg["root_path"]) == (9555, 2, "/api")
+    assert cfg.sources["port"] == "file" and cfg.sources["threads"] == "run()"
+    with pytest.raises(config.ConfigError, match="cannot read the config file"):
+        config.from_kwargs({"config": str(tmp_path / "missing.toml")})

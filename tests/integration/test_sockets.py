@@ -283,3 +283,34 @@ def test_run_keyword_arguments():
         with pytest.raises(ValueError) as info:
             config.from_kwargs(bad)
         assert next(iter(bad)) in str(info.value)
+
+
+def test_ipv6_wildcard_is_v6_only_so_both_wildcards_can_listen():
+    """--bind 0.0.0.0:P --bind [::]:P: the IPv6 socket is IPV6_V6ONLY (as socket.create_server and
+    asyncio make it), so the IPv4 one can take the same port."""
+    from fulmen import _sockets
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    v6 = _sockets.bind_tcp("[::]", 0, 16, "--bind")
+    try:
+        assert v6.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        v4 = _sockets.bind_tcp("0.0.0.0", v6.server_port, 16, "--bind")
+        v4.close()
+    finally:
+        v6.close()
+
+
+def test_an_inherited_socket_is_not_passed_on_to_the_apps_children():
+    from fulmen import _sockets
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        fd = os.dup(s.fileno())
+        os.set_inheritable(fd, True)
+        listener = _sockets.from_fd(fd, "--fd ")
+        try:
+            assert not os.get_inheritable(fd)
+        finally:
+            listener.close()

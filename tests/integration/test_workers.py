@@ -172,7 +172,7 @@ def test_invalid_worker_options(args, env, expected):
 
 def test_workers_auto_is_one_per_cpu(supervised):
     srv = supervised(env={"FULMEN_WORKERS": "auto"})
-    n = os.cpu_count() or 1
+    n = len(os.sched_getaffinity(0))  # the CPUs this process may use (a container's, not the host's)
     assert f"Ready: {n} worker" in srv.output
     assert len(srv.worker_pids()) == n
 
@@ -247,6 +247,44 @@ def test_worker_that_cannot_boot_stops_the_supervisor(spec, code, shown):
     # Not a restart loop: one failure per worker at most.
     assert result.stderr.count("Started worker") <= 2, result.stderr
     assert time.monotonic() - started < 30
+
+
+def test_replacement_that_cannot_boot_while_others_serve_is_retried(tmp_path, supervised):
+    """A worker that dies is replaced by one that cannot boot (here: its module now refuses to
+    import; in life, a database its startup needs is down): the others keep serving, and the
+    supervisor tries again, later each time, until one boots."""
+    marker = tmp_path / "broken"
+    (tmp_path / "flaky_boot_app.py").write_text(
+        "import os\n"
+        f"if os.path.exists({str(marker)!r}):\n"
+        "    raise RuntimeError('cannot start right now')\n"
+        "from workers_app import app\n")
+    env = {"PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    srv = supervised("--workers", "2", app="flaky_boot_app:app", env=env)
+    marker.write_text("")
+    victim = min(srv.worker_pids())
+    os.kill(victim, signal.SIGKILL)
+    srv.wait_count(r"failed to boot .*: 1 worker keeps serving; trying again in 1s", 1)
+    srv.wait_count(r"trying again in 2s", 1)  # the second try failed too, and waited longer
+    assert srv.proc.poll() is None
+    status, body = srv.get("/")
+    assert status == 200 and body.startswith("ok ")
+    marker.unlink()
+    srv.wait_count(r"Worker \d+ ready", 3, timeout=30)  # two at the start, then the retry
+    assert len(srv.worker_pids()) == 2
+
+
+def test_workers_do_not_leave_signals_ignored_for_the_apps_children(supervised):
+    # SIG_IGN survives exec: a worker that ignored SIGINT/SIGHUP that way would pass it on to
+    # every process the app starts. It catches them with a handler instead.
+    srv = supervised("--workers", "1")
+    pid = next(iter(srv.worker_pids()))
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    ignored, caught = int(status["SigIgn"], 16), int(status["SigCgt"], 16)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        assert not ignored & (1 << (sig - 1)), f"{sig.name} is SIG_IGN in the worker"
+        assert caught & (1 << (sig - 1)), f"{sig.name} has no handler in the worker"
 
 
 def test_lifespan_startup_failure_in_a_worker_exits_3():
@@ -497,11 +535,11 @@ def test_stuck_worker_is_killed_with_its_stack_logged(supervised, app):
 
 
 def test_idle_worker_is_not_timed_out(supervised):
-    srv = supervised("--workers", "1", "--timeout", "3")
+    srv = supervised("--workers", "1", "--timeout", "4")
     pids = srv.worker_pids()
     # Beats come from the loop's timer, not from requests: an idle worker outlives --timeout.
     t0 = time.monotonic()
-    wait_until(lambda: time.monotonic() - t0 > 4 or "timed out" in srv.output, 10)
+    wait_until(lambda: time.monotonic() - t0 > 5 or "timed out" in srv.output, 12)
     assert "timed out" not in srv.output
     assert srv.worker_pids() == pids
 
