@@ -1910,6 +1910,59 @@ TEST(ServerProxy, ProxyHeadersOnlyFromTrustedPeers) {
   EXPECT_EQ(r.body.rfind("127.0.0.1:", 0), 0u) << r.body;
 }
 
+// A TCP pass-through balancer forwards the client's bytes: with --proxy-protocol, trust must be
+// decided on the PROXY header's source (the client), not on the balancer's socket address.
+TEST(ServerProxy, ProxyProtocolSourceDecidesTrust) {
+  TestApp app;
+  ServerConfig cfg = test_config();
+  cfg.proxy_headers = true;
+  cfg.proxy_protocol = true;
+  http1::IpNet net;
+  ASSERT_TRUE(http1::parse_ip_net("127.0.0.1", &net));  // the balancer (our socket peer)
+  cfg.trusted.nets.push_back(net);
+  ASSERT_TRUE(http1::parse_ip_net("10.0.0.0/8", &net));  // an HTTP proxy behind the balancer
+  cfg.trusted.nets.push_back(net);
+  Running srv(std::move(cfg), app);
+  Client c(srv.port());
+  ASSERT_TRUE(c.send("PROXY TCP4 203.0.113.9 10.0.0.1 4242 443\r\n"));
+  ASSERT_TRUE(c.send(get("/peer", "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n")));
+  Response r = c.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  EXPECT_EQ(r.body, "203.0.113.9:4242");  // the client's own headers are not believed
+  Client via_proxy(srv.port());
+  ASSERT_TRUE(via_proxy.send("PROXY TCP4 10.0.0.7 10.0.0.1 4242 443\r\n"));
+  ASSERT_TRUE(via_proxy.send(get("/peer", "X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: https\r\n")));
+  r = via_proxy.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  EXPECT_EQ(r.body, "10.0.0.7:4242 fwd=198.51.100.1:0 https :-1");
+}
+
+TEST(ServerProxy, MalformedTrustedProxyHeadersAre400) {
+  TestApp app;
+  ServerConfig cfg = test_config();
+  cfg.proxy_headers = true;
+  http1::IpNet net;
+  ASSERT_TRUE(http1::parse_ip_net("127.0.0.1", &net));
+  cfg.trusted.nets.push_back(net);
+  Running srv(std::move(cfg), app);
+  // What the client wrote left of the proxy's hop is never parsed.
+  Client c(srv.port());
+  ASSERT_TRUE(c.send(get("/peer", "X-Forwarded-For: foo, 203.0.113.9\r\nX-Forwarded-Proto: https\r\n"
+                                  "X-Forwarded-Host: evil.example\r\nForwarded: for=6.6.6.6;host=evil.com\r\n")));
+  Response r = c.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  // Default --forwarded-headers: X-Forwarded-Host and Forwarded are not believed.
+  EXPECT_NE(r.body.find(" fwd=203.0.113.9:0 https :-1"), std::string::npos) << r.body;
+  // The proxy's own hop malformed: refused, never served as from the proxy's address.
+  Client bad(srv.port());
+  ASSERT_TRUE(bad.send(get("/peer", "X-Forwarded-For: 203.0.113.9, foo\r\n")));
+  r = bad.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.header("connection"), "close");
+  EXPECT_TRUE(bad.wait_closed(2000));
+}
+
 TEST(ServerProxy, LimitConcurrencyAnswers503BeyondN) {
   TestApp app;
   ServerConfig cfg = test_config();
@@ -1948,8 +2001,9 @@ TEST(ServerProxy, SteadyStateWithProxyFeaturesAllocatesNothing) {
   cfg.proxy_headers = true;
   cfg.proxy_protocol = true;
   cfg.limit_concurrency = 100;
+  cfg.forwarded_headers = http1::kForwardedRfc7239;
   http1::IpNet net;
-  ASSERT_TRUE(http1::parse_ip_net("127.0.0.1", &net));
+  ASSERT_TRUE(http1::parse_ip_net("2001:db8::1", &net));  // trust is the PROXY source's
   cfg.trusted.nets.push_back(net);
   Running srv(std::move(cfg), app);
   Client c(srv.port());
