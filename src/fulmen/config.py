@@ -84,8 +84,8 @@ OPTIONS: tuple[Option, ...] = (
            unparse=lambda v: f"{v:o}"),
     Option("limit_concurrency", int, None, "answer 503 and close once more than N connections are open",
            metavar="N", min=1),
-    Option("proxy_headers", bool, False, "take the client address and scheme from X-Forwarded-* and "
-           "Forwarded headers sent by a trusted proxy (--forwarded-allow-ips)"),
+    Option("proxy_headers", bool, False, "take the client address and scheme from the headers chosen "
+           "with --forwarded-headers, sent by a trusted proxy (--forwarded-allow-ips)"),
     Option("forwarded_allow_ips", str, "127.0.0.1", "proxies trusted with --proxy-headers: comma-separated "
            "IPs and CIDR networks, unix for Unix-socket peers, or * for any (also read from "
            "FORWARDED_ALLOW_IPS)", metavar="IPS",
