@@ -96,6 +96,7 @@ class TestApp : public http1::AppHandler {
     if (path == "/noread") return reply(ex, 200, "no");
     if (path == "/nofinish") return;  // the engine must answer 500
     if (path == "/rendezvous") return rendezvous(ex);
+    if (path == "/gate") return gate(ex);
     ex.send_simple(404, "not found\n", false);
   }
 
@@ -299,6 +300,30 @@ class TestApp : public http1::AppHandler {
     reply(ex, 200, together ? "together" : "alone");
   }
 
+  // Holds the calling thread (the loop, without a pool) until open_gate(), at most 5 s.
+  void gate(Exchange& ex) {
+    std::unique_lock<std::mutex> g(mu_);
+    ++gated_;
+    cv_.notify_all();
+    cv_.wait_for(g, std::chrono::seconds(5), [&] { return gate_open_; });
+    g.unlock();
+    reply(ex, 200, "gate");
+  }
+
+ public:
+  bool wait_gated(int timeout_ms) {
+    std::unique_lock<std::mutex> g(mu_);
+    return cv_.wait_for(g, std::chrono::milliseconds(timeout_ms), [&] { return gated_ >= 1; });
+  }
+  void open_gate() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      gate_open_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
   void note_pause() {
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -310,6 +335,8 @@ class TestApp : public http1::AppHandler {
   std::mutex mu_;
   std::condition_variable cv_;
   int arrived_ = 0;
+  int gated_ = 0;
+  bool gate_open_ = false;
 };
 
 class TestLogger : public base::Logger {
@@ -1252,12 +1279,23 @@ TEST(Server, GracefulStopServesARequestAlreadyInTheSocket) {
   Client c(srv.port());
   ASSERT_TRUE(c.send(get("/hello")));
   ASSERT_TRUE(c.read_response().ok);
+  // Hold the loop in the app (another connection's request), so that the second request waits
+  // unread in c's socket when the stop is requested: deterministic, whatever the machine's speed.
+  Client holder(srv.port());
+  ASSERT_TRUE(holder.send(get("/gate")));
+  ASSERT_TRUE(app.wait_gated(5000));
   ASSERT_TRUE(c.send(get("/hello")));
   srv.server().stop(true);
+  app.open_gate();
+  Response held = holder.read_response();
+  ASSERT_TRUE(held.ok) << held;
+  EXPECT_EQ(held.body, "gate");
   Response r = c.read_response();
   ASSERT_TRUE(r.ok) << r;
   EXPECT_EQ(r.body, "hello");
+  EXPECT_EQ(r.header("connection"), "close");  // read after the stop: the last on its connection
   EXPECT_TRUE(c.wait_closed(3000));
+  EXPECT_TRUE(holder.wait_closed(3000));
   EXPECT_TRUE(srv.wait_exit(3000));
 }
 
@@ -1339,6 +1377,53 @@ TEST(Server, SupervisorPipeGetsBeatsAndOneRetireNotice) {
     size_t before = beats();
     ASSERT_TRUE(wait_for([&] { return beats() >= before + 2; })) << got;
     EXPECT_EQ(std::count(got.begin(), got.end(), Server::kRetireByte), 1);
+    c.close_now();
+    ASSERT_TRUE(srv.stop(true));
+  }
+  close(p[0]);
+  close(p[1]);
+}
+
+// The retire notice is not lost when the supervisor's pipe is full at the moment it is due: it
+// is written once the supervisor reads again.
+TEST(Server, RetireNoticeSurvivesAFullPipe) {
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+  const char fill[4096] = {};  // zero bytes: neither a beat nor a retire notice
+  static_assert(Server::kRetireByte != 0 && Server::kBeatByte != 0);
+  while (write(p[1], fill, sizeof fill) > 0) {
+  }
+  while (write(p[1], fill, 1) > 0) {
+  }
+  ASSERT_EQ(errno, EAGAIN);
+  ServerConfig cfg = test_config();
+  cfg.supervisor_fd = p[1];
+  cfg.heartbeat_interval_ms = 20;
+  cfg.max_requests = 1;
+  TestApp app;
+  {
+    Running srv(cfg, app);
+    Client c(srv.port());
+    // The second response proves the loop finished the step that served the first one, and so
+    // tried the notice while the pipe was still full.
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(c.send(get("/hello")));
+      ASSERT_TRUE(c.read_response().ok);
+    }
+    std::string got;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(p[0], buf, sizeof buf)) > 0) {
+      for (ssize_t i = 0; i < n; ++i)
+        if (buf[i] != 0) got.push_back(buf[i]);  // what the server wrote before it was full
+    }
+    int64_t deadline = mono_ms() + 5000;
+    while (got.find(Server::kRetireByte) == std::string::npos && mono_ms() < deadline) {
+      pollfd pfd{p[0], POLLIN, 0};
+      poll(&pfd, 1, 100);
+      while ((n = read(p[0], buf, sizeof buf)) > 0) got.append(buf, size_t(n));
+    }
+    EXPECT_EQ(std::count(got.begin(), got.end(), Server::kRetireByte), 1) << got;
     c.close_now();
     ASSERT_TRUE(srv.stop(true));
   }
