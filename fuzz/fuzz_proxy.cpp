@@ -109,7 +109,10 @@ void fuzz_headers(uint8_t selector, const uint8_t* data, size_t size) {
       trust.all = true;
   }
   ForwardedInfo f;
-  bool ok = read_forwarded(req, trust, &f);
+  // Which headers are believed (--forwarded-headers): every X-Forwarded-* subset, or Forwarded.
+  unsigned which = (selector >> 3) % 17;
+  if (which == 16 || which == 0) which = kForwardedRfc7239;
+  bool ok = read_forwarded(req, trust, which, &f);
   if (!ok) FUZZ_CHECK(!f.any() && f.client.empty() && f.client_port == 0);
   for (std::string_view v : {f.client, f.scheme, f.host, f.server_name}) {
     FUZZ_CHECK(inside(v, values));

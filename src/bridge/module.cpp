@@ -189,7 +189,7 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
                                  "limit_concurrency", "proxy_headers", "forwarded_allow_ips",
                                  "proxy_protocol", "access_log_format", "shutdown_listeners",
                                  "supervisor_fd", "heartbeat_interval", "max_requests", "multiprocess",
-                                 nullptr};
+                                 "forwarded_headers", nullptr};
   PyObject *app, *listeners, *error_log = nullptr;
   int threads = 1, access_log_fd = -1;
   const char* root_path = "";
@@ -204,19 +204,20 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
   long long limit_concurrency = 0;
   int proxy_headers = 0, proxy_protocol = 0;
   PyObject* allow_ips = nullptr;  // borrowed: a sequence of "*", "unix", or IP/CIDR strings
+  PyObject* fwd_headers = nullptr;  // borrowed: a sequence of header names (--forwarded-headers)
   const char* access_log_format = nullptr;
   // Set by a supervisor for its workers (src/fulmen/supervisor.py).
   int shutdown_listeners = 1, supervisor_fd = -1, multiprocess = 0;
   double heartbeat = 0.0;
   long long max_requests = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddpLpOpzpidLp", const_cast<char**>(kwlist),
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$OissidddnnnLdspLddpLpOpzpidLpO", const_cast<char**>(kwlist),
                                    &app, &listeners, &error_log, &threads, &root_path, &url_scheme,
                                    &access_log_fd, &keep_alive, &header_timeout, &body_timeout,
                                    &line, &fields, &field_size, &body_limit, &graceful, &interface,
                                    &ws, &ws_max_size, &ws_ping_interval, &ws_ping_timeout,
                                    &ws_deflate, &limit_concurrency, &proxy_headers, &allow_ips,
                                    &proxy_protocol, &access_log_format, &shutdown_listeners,
-                                   &supervisor_fd, &heartbeat, &max_requests, &multiprocess))
+                                   &supervisor_fd, &heartbeat, &max_requests, &multiprocess, &fwd_headers))
     return -1;
   if (limit_concurrency < 0) {
     PyErr_SetString(PyExc_ValueError, "limit_concurrency must not be negative (0: no limit)");
@@ -325,6 +326,38 @@ int server_init(PyObject* o, PyObject* args, PyObject* kw) {
     http1::IpNet localhost;
     http1::parse_ip_net("127.0.0.1", &localhost);
     cfg.trusted.nets.push_back(localhost);
+  }
+  if (fwd_headers && fwd_headers != Py_None) {
+    Ref items = Ref::steal(PySequence_Fast(fwd_headers, "forwarded_headers must be a sequence of strings"));
+    if (!items) return -1;
+    unsigned bits = 0;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(items.get()); ++i) {
+      PyObject* item = PySequence_Fast_GET_ITEM(items.get(), i);  // borrowed
+      Py_ssize_t n;
+      const char* text = PyUnicode_Check(item) ? PyUnicode_AsUTF8AndSize(item, &n) : nullptr;
+      if (!text) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "forwarded_headers items must be strings");
+        return -1;
+      }
+      unsigned bit;
+      if (!http1::parse_forwarded_header_name(std::string_view(text, size_t(n)), &bit)) {
+        PyErr_Format(PyExc_ValueError,
+                     "forwarded_headers: %R is not one of x-forwarded-for, x-forwarded-proto, "
+                     "x-forwarded-host, x-forwarded-port, forwarded",
+                     item);
+        return -1;
+      }
+      bits |= bit;
+    }
+    if ((bits & http1::kForwardedRfc7239) && bits != http1::kForwardedRfc7239) {
+      PyErr_SetString(PyExc_ValueError, "forwarded_headers: forwarded cannot be combined with x-forwarded-*");
+      return -1;
+    }
+    if (!bits) {
+      PyErr_SetString(PyExc_ValueError, "forwarded_headers must name at least one header");
+      return -1;
+    }
+    cfg.forwarded_headers = bits;
   }
   cfg.shutdown_listeners = shutdown_listeners;
   cfg.supervisor_fd = supervisor_fd;

@@ -220,7 +220,7 @@ bool Server::step(int timeout_ms) noexcept {
   return !done;
 }
 
-// Writes that would block are dropped: a supervisor that is not reading loses beats, not us.
+// Beats that would block are dropped: a supervisor that is not reading loses beats, not us.
 void Server::notify_supervisor() noexcept {
   if (config_.heartbeat_interval_ms > 0) {
     int64_t now = loop_.clock().now_ms();
@@ -232,9 +232,10 @@ void Server::notify_supervisor() noexcept {
   }
   if (config_.max_requests && !retire_sent_ &&
       counters_.requests_total.load(std::memory_order_relaxed) >= config_.max_requests) {
-    retire_sent_ = true;
+    // Unlike a beat, the notice must not be lost: a full pipe (EAGAIN) is retried on a later
+    // step (the heartbeat timer wakes the loop). Other errors (the supervisor is gone) are final.
     ssize_t r = ::write(config_.supervisor_fd, &kRetireByte, 1);
-    (void)r;
+    if (r == 1 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) retire_sent_ = true;
   }
 }
 

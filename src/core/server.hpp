@@ -73,9 +73,11 @@ struct ServerConfig {
   // (Uvicorn's --limit-concurrency); 0: no limit. Checked per request, so it costs one compare.
   uint64_t limit_concurrency = 0;
   // --proxy-headers: read Forwarded / X-Forwarded-* (forwarded.hpp) on requests from peers in
-  // `trusted` (decided once per connection, on the socket's peer).
+  // `trusted` (decided once per connection, on the socket's peer, or on the PROXY header's
+  // source with --proxy-protocol). `forwarded_headers`: which ones (http1::ForwardedHeader bits).
   bool proxy_headers = false;
   http1::TrustList trusted;
+  unsigned forwarded_headers = http1::kDefaultForwardedHeaders;
   // --proxy-protocol: every connection starts with a PROXY v1/v2 header (proxy_protocol.hpp),
   // whose source address becomes the client's; a connection without a valid one is closed.
   bool proxy_protocol = false;

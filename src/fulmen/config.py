@@ -84,12 +84,16 @@ OPTIONS: tuple[Option, ...] = (
            unparse=lambda v: f"{v:o}"),
     Option("limit_concurrency", int, None, "answer 503 and close once more than N connections are open",
            metavar="N", min=1),
-    Option("proxy_headers", bool, False, "take the client address and scheme from X-Forwarded-* and "
-           "Forwarded headers sent by a trusted proxy (--forwarded-allow-ips)"),
+    Option("proxy_headers", bool, False, "take the client address and scheme from the headers chosen "
+           "with --forwarded-headers, sent by a trusted proxy (--forwarded-allow-ips)"),
     Option("forwarded_allow_ips", str, "127.0.0.1", "proxies trusted with --proxy-headers: comma-separated "
            "IPs and CIDR networks, unix for Unix-socket peers, or * for any (also read from "
            "FORWARDED_ALLOW_IPS)", metavar="IPS",
            alt_env="FORWARDED_ALLOW_IPS", parse=lambda v: parse_allow_ips(v), unparse=",".join),
+    Option("forwarded_headers", str, "x-forwarded-for,x-forwarded-proto", "proxy headers believed with "
+           "--proxy-headers, comma-separated: x-forwarded-for, x-forwarded-proto, x-forwarded-host, "
+           "x-forwarded-port, or forwarded (RFC 7239) alone; your proxy must set or clear each one",
+           metavar="LIST", parse=lambda v: parse_forwarded_headers(v), unparse=",".join),
     Option("proxy_protocol", bool, False, "every connection starts with a PROXY protocol v1 or v2 header "
            "(HAProxy, nginx proxy_protocol on): its client address is used, a connection without one is closed"),
     # ---- end of sockets, concurrency and proxies ----
@@ -456,6 +460,8 @@ def check(cfg: dict[str, Any], from_cli: bool = True) -> dict[str, Any]:
         raise ConfigError(f'no application given: pass APP as "module:attribute" or set {ENV_PREFIX}APP')
     if isinstance(cfg["forwarded_allow_ips"], str):  # the default, not converted
         cfg["forwarded_allow_ips"] = parse_allow_ips(cfg["forwarded_allow_ips"])
+    if isinstance(cfg["forwarded_headers"], str):  # the default, not converted
+        cfg["forwarded_headers"] = parse_forwarded_headers(cfg["forwarded_headers"])
     if cfg["reload"]:
         if cfg["workers"] is not None and cfg["workers"] != 1:
             raise ConfigError("--reload and --workers both given: --reload runs one worker; drop one of them")
@@ -516,6 +522,26 @@ def parse_mode(text: str | int) -> int:
     if not re.fullmatch(r"[0-7]{1,4}", digits) or int(digits, 8) > 0o777:
         raise ValueError("expected octal permissions such as 660 or 0600 (at most 777)")
     return int(digits, 8)
+
+
+FORWARDED_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "forwarded")
+
+
+def parse_forwarded_headers(value: str | tuple) -> tuple[str, ...]:
+    """--forwarded-headers -> a tuple of lower-case header names, in FORWARDED_HEADERS order."""
+    if isinstance(value, tuple):
+        return value
+    items = {item.lower() for item in split_list(value)}
+    for item in sorted(items):
+        if item not in FORWARDED_HEADERS:
+            raise ValueError(f"{item!r} is not a proxy header Fulmen reads; choose from "
+                             f"{', '.join(FORWARDED_HEADERS)} (comma-separated)")
+    if not items:
+        raise ValueError("no header given; the default is x-forwarded-for,x-forwarded-proto")
+    if "forwarded" in items and len(items) > 1:
+        raise ValueError("forwarded (RFC 7239) cannot be combined with x-forwarded-*: choose forwarded "
+                         "alone, or only x-forwarded-* headers")
+    return tuple(h for h in FORWARDED_HEADERS if h in items)
 
 
 def parse_allow_ips(value: str | tuple) -> tuple[str, ...]:

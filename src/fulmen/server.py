@@ -322,6 +322,7 @@ def engine_options(cfg: dict[str, Any]) -> dict[str, Any]:
         limit_concurrency=cfg.get("limit_concurrency") or 0,
         proxy_headers=cfg.get("proxy_headers", False),
         forwarded_allow_ips=list(cfg.get("forwarded_allow_ips", ("127.0.0.1",))),
+        forwarded_headers=list(cfg.get("forwarded_headers", ("x-forwarded-for", "x-forwarded-proto"))),
         proxy_protocol=cfg.get("proxy_protocol", False),
         **(cfg["_worker"].engine_options() if cfg.get("_worker") is not None else {}),
     )

@@ -96,6 +96,7 @@ class TestApp : public http1::AppHandler {
     if (path == "/noread") return reply(ex, 200, "no");
     if (path == "/nofinish") return;  // the engine must answer 500
     if (path == "/rendezvous") return rendezvous(ex);
+    if (path == "/gate") return gate(ex);
     ex.send_simple(404, "not found\n", false);
   }
 
@@ -299,6 +300,30 @@ class TestApp : public http1::AppHandler {
     reply(ex, 200, together ? "together" : "alone");
   }
 
+  // Holds the calling thread (the loop, without a pool) until open_gate(), at most 5 s.
+  void gate(Exchange& ex) {
+    std::unique_lock<std::mutex> g(mu_);
+    ++gated_;
+    cv_.notify_all();
+    cv_.wait_for(g, std::chrono::seconds(5), [&] { return gate_open_; });
+    g.unlock();
+    reply(ex, 200, "gate");
+  }
+
+ public:
+  bool wait_gated(int timeout_ms) {
+    std::unique_lock<std::mutex> g(mu_);
+    return cv_.wait_for(g, std::chrono::milliseconds(timeout_ms), [&] { return gated_ >= 1; });
+  }
+  void open_gate() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      gate_open_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
   void note_pause() {
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -310,6 +335,8 @@ class TestApp : public http1::AppHandler {
   std::mutex mu_;
   std::condition_variable cv_;
   int arrived_ = 0;
+  int gated_ = 0;
+  bool gate_open_ = false;
 };
 
 class TestLogger : public base::Logger {
@@ -1252,12 +1279,23 @@ TEST(Server, GracefulStopServesARequestAlreadyInTheSocket) {
   Client c(srv.port());
   ASSERT_TRUE(c.send(get("/hello")));
   ASSERT_TRUE(c.read_response().ok);
+  // Hold the loop in the app (another connection's request), so that the second request waits
+  // unread in c's socket when the stop is requested: deterministic, whatever the machine's speed.
+  Client holder(srv.port());
+  ASSERT_TRUE(holder.send(get("/gate")));
+  ASSERT_TRUE(app.wait_gated(5000));
   ASSERT_TRUE(c.send(get("/hello")));
   srv.server().stop(true);
+  app.open_gate();
+  Response held = holder.read_response();
+  ASSERT_TRUE(held.ok) << held;
+  EXPECT_EQ(held.body, "gate");
   Response r = c.read_response();
   ASSERT_TRUE(r.ok) << r;
   EXPECT_EQ(r.body, "hello");
+  EXPECT_EQ(r.header("connection"), "close");  // read after the stop: the last on its connection
   EXPECT_TRUE(c.wait_closed(3000));
+  EXPECT_TRUE(holder.wait_closed(3000));
   EXPECT_TRUE(srv.wait_exit(3000));
 }
 
@@ -1339,6 +1377,53 @@ TEST(Server, SupervisorPipeGetsBeatsAndOneRetireNotice) {
     size_t before = beats();
     ASSERT_TRUE(wait_for([&] { return beats() >= before + 2; })) << got;
     EXPECT_EQ(std::count(got.begin(), got.end(), Server::kRetireByte), 1);
+    c.close_now();
+    ASSERT_TRUE(srv.stop(true));
+  }
+  close(p[0]);
+  close(p[1]);
+}
+
+// The retire notice is not lost when the supervisor's pipe is full at the moment it is due: it
+// is written once the supervisor reads again.
+TEST(Server, RetireNoticeSurvivesAFullPipe) {
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+  const char fill[4096] = {};  // zero bytes: neither a beat nor a retire notice
+  static_assert(Server::kRetireByte != 0 && Server::kBeatByte != 0);
+  while (write(p[1], fill, sizeof fill) > 0) {
+  }
+  while (write(p[1], fill, 1) > 0) {
+  }
+  ASSERT_EQ(errno, EAGAIN);
+  ServerConfig cfg = test_config();
+  cfg.supervisor_fd = p[1];
+  cfg.heartbeat_interval_ms = 20;
+  cfg.max_requests = 1;
+  TestApp app;
+  {
+    Running srv(cfg, app);
+    Client c(srv.port());
+    // The second response proves the loop finished the step that served the first one, and so
+    // tried the notice while the pipe was still full.
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(c.send(get("/hello")));
+      ASSERT_TRUE(c.read_response().ok);
+    }
+    std::string got;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(p[0], buf, sizeof buf)) > 0) {
+      for (ssize_t i = 0; i < n; ++i)
+        if (buf[i] != 0) got.push_back(buf[i]);  // what the server wrote before it was full
+    }
+    int64_t deadline = mono_ms() + 5000;
+    while (got.find(Server::kRetireByte) == std::string::npos && mono_ms() < deadline) {
+      pollfd pfd{p[0], POLLIN, 0};
+      poll(&pfd, 1, 100);
+      while ((n = read(p[0], buf, sizeof buf)) > 0) got.append(buf, size_t(n));
+    }
+    EXPECT_EQ(std::count(got.begin(), got.end(), Server::kRetireByte), 1) << got;
     c.close_now();
     ASSERT_TRUE(srv.stop(true));
   }
@@ -1910,6 +1995,59 @@ TEST(ServerProxy, ProxyHeadersOnlyFromTrustedPeers) {
   EXPECT_EQ(r.body.rfind("127.0.0.1:", 0), 0u) << r.body;
 }
 
+// A TCP pass-through balancer forwards the client's bytes: with --proxy-protocol, trust must be
+// decided on the PROXY header's source (the client), not on the balancer's socket address.
+TEST(ServerProxy, ProxyProtocolSourceDecidesTrust) {
+  TestApp app;
+  ServerConfig cfg = test_config();
+  cfg.proxy_headers = true;
+  cfg.proxy_protocol = true;
+  http1::IpNet net;
+  ASSERT_TRUE(http1::parse_ip_net("127.0.0.1", &net));  // the balancer (our socket peer)
+  cfg.trusted.nets.push_back(net);
+  ASSERT_TRUE(http1::parse_ip_net("10.0.0.0/8", &net));  // an HTTP proxy behind the balancer
+  cfg.trusted.nets.push_back(net);
+  Running srv(std::move(cfg), app);
+  Client c(srv.port());
+  ASSERT_TRUE(c.send("PROXY TCP4 203.0.113.9 10.0.0.1 4242 443\r\n"));
+  ASSERT_TRUE(c.send(get("/peer", "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n")));
+  Response r = c.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  EXPECT_EQ(r.body, "203.0.113.9:4242");  // the client's own headers are not believed
+  Client via_proxy(srv.port());
+  ASSERT_TRUE(via_proxy.send("PROXY TCP4 10.0.0.7 10.0.0.1 4242 443\r\n"));
+  ASSERT_TRUE(via_proxy.send(get("/peer", "X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: https\r\n")));
+  r = via_proxy.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  EXPECT_EQ(r.body, "10.0.0.7:4242 fwd=198.51.100.1:0 https :-1");
+}
+
+TEST(ServerProxy, MalformedTrustedProxyHeadersAre400) {
+  TestApp app;
+  ServerConfig cfg = test_config();
+  cfg.proxy_headers = true;
+  http1::IpNet net;
+  ASSERT_TRUE(http1::parse_ip_net("127.0.0.1", &net));
+  cfg.trusted.nets.push_back(net);
+  Running srv(std::move(cfg), app);
+  // What the client wrote left of the proxy's hop is never parsed.
+  Client c(srv.port());
+  ASSERT_TRUE(c.send(get("/peer", "X-Forwarded-For: foo, 203.0.113.9\r\nX-Forwarded-Proto: https\r\n"
+                                  "X-Forwarded-Host: evil.example\r\nForwarded: for=6.6.6.6;host=evil.com\r\n")));
+  Response r = c.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  // Default --forwarded-headers: X-Forwarded-Host and Forwarded are not believed.
+  EXPECT_NE(r.body.find(" fwd=203.0.113.9:0 https :-1"), std::string::npos) << r.body;
+  // The proxy's own hop malformed: refused, never served as from the proxy's address.
+  Client bad(srv.port());
+  ASSERT_TRUE(bad.send(get("/peer", "X-Forwarded-For: 203.0.113.9, foo\r\n")));
+  r = bad.read_response();
+  ASSERT_TRUE(r.ok) << r;
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.header("connection"), "close");
+  EXPECT_TRUE(bad.wait_closed(2000));
+}
+
 TEST(ServerProxy, LimitConcurrencyAnswers503BeyondN) {
   TestApp app;
   ServerConfig cfg = test_config();
@@ -1948,8 +2086,9 @@ TEST(ServerProxy, SteadyStateWithProxyFeaturesAllocatesNothing) {
   cfg.proxy_headers = true;
   cfg.proxy_protocol = true;
   cfg.limit_concurrency = 100;
+  cfg.forwarded_headers = http1::kForwardedRfc7239;
   http1::IpNet net;
-  ASSERT_TRUE(http1::parse_ip_net("127.0.0.1", &net));
+  ASSERT_TRUE(http1::parse_ip_net("2001:db8::1", &net));  // trust is the PROXY source's
   cfg.trusted.nets.push_back(net);
   Running srv(std::move(cfg), app);
   Client c(srv.port());

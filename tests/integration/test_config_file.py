@@ -75,6 +75,7 @@ def test_every_option_can_come_from_the_file(tmp_path):
                  (("tcp", "127.0.0.1", 9001), ("tcp", "[::1]", 9002), ("unix", "/tmp/x.sock"), ("fd", 3))),
         "uds_mode": ("660", 0o660),
         "forwarded_allow_ips": ("10.0.0.0/8,unix", ("10.0.0.0/8", "unix")),
+        "forwarded_headers": ("X-Forwarded-Host, x-forwarded-for", ("x-forwarded-for", "x-forwarded-host")),
     }
     lines, expected = [], {}
     for i, opt in enumerate(config.OPTIONS):

@@ -132,12 +132,12 @@ def nginx(tmp_path):
         n.stop()
 
 
-def get(ngx: Nginx, path: str, source: str = "127.0.0.2") -> dict:
+def get(ngx: Nginx, path: str, source: str = "127.0.0.2", headers: dict[str, str] | None = None) -> dict:
     """GET through nginx from `source` (another loopback address, so that the client's address
     differs from nginx's own 127.0.0.1 towards Fulmen)."""
     conn = http.client.HTTPConnection("127.0.0.1", ngx.port, timeout=10, source_address=(source, 0))
     try:
-        conn.request("GET", path, headers={"Host": "app.example"})
+        conn.request("GET", path, headers={"Host": "app.example", **(headers or {})})
         resp = conn.getresponse()
         body = resp.read()
     except OSError as exc:
@@ -178,6 +178,28 @@ def test_nginx_tcp_upstream(server, nginx):
         assert env["REMOTE_ADDR"] == "127.0.0.1"
         ports.add(env["REMOTE_PORT"])
     assert 1 <= len(ports) <= 2, ports  # without reuse there would be one port per request
+
+
+# What a client sends to forge its address, scheme and Host: nginx, configured as docs/proxies.md
+# says, passes Forwarded, X-Forwarded-Host and X-Forwarded-Port through and appends to X-Forwarded-For.
+FORGED = {"Forwarded": "for=6.6.6.6;proto=https;host=evil.com", "X-Forwarded-Host": "evil.com",
+          "X-Forwarded-Port": "8443", "X-Forwarded-For": "foo", "X-Forwarded-Proto": "https"}
+
+
+@pytest.mark.parametrize("app", ["echo_environ:app", "asgi_scope:app"])
+def test_nginx_client_cannot_forge_forwarding(server, nginx, app):
+    srv = server(app, "--proxy-headers")  # default --forwarded-headers
+    ngx = nginx(http_upstream=f"127.0.0.1:{srv.port}")
+    seen = get(ngx, "/", headers=FORGED)
+    if app.startswith("echo_environ"):
+        assert seen["HTTP_X_FORWARDED_FOR"] == "foo, 127.0.0.2"  # nginx appended; "foo" is not parsed
+        assert seen["REMOTE_ADDR"] == "127.0.0.2" and seen["wsgi.url_scheme"] == "http"
+        assert seen["HTTP_HOST"] == "app.example" and seen["SERVER_NAME"] == "127.0.0.1"
+        assert seen["SERVER_PORT"] == str(srv.port)
+        assert seen["HTTP_FORWARDED"] == FORGED["Forwarded"]  # visible, not believed
+    else:
+        assert seen["client"]["tuple"] == ["127.0.0.2", 0] and seen["scheme"] == "http"
+        assert seen["server"]["tuple"] == ["127.0.0.1", srv.port]
 
 
 def test_nginx_tcp_upstream_asgi(server, nginx):

@@ -36,8 +36,11 @@ def tuple_of(value) -> list:
 
 # ---- --proxy-headers, WSGI ----------------------------------------------------------------------
 
+ALL_X = "x-forwarded-for,x-forwarded-proto,x-forwarded-host,x-forwarded-port"
+
+
 def test_wsgi_trusted_proxy_headers(server):
-    srv = server("echo_environ:app", "--proxy-headers")
+    srv = server("echo_environ:app", "--proxy-headers", "--forwarded-headers", ALL_X)
     env = environ(srv, XFF)
     assert env["REMOTE_ADDR"] == "198.51.100.7"  # the right-most hop not in --forwarded-allow-ips
     assert env["REMOTE_PORT"] == "0"
@@ -52,8 +55,18 @@ def test_wsgi_trusted_proxy_headers(server):
     assert env["REMOTE_PORT"] != "0" and env["SERVER_PORT"] == str(srv.port)
 
 
-def test_wsgi_forwarded_rfc7239(server):
+def test_wsgi_default_headers_are_x_forwarded_for_and_proto(server):
+    # A proxy that sets only these passes the client's own X-Forwarded-Host/-Port and Forwarded
+    # through: by default they are not believed.
     srv = server("echo_environ:app", "--proxy-headers")
+    env = environ(srv, {**XFF, "X-Forwarded-Port": "8443", "Forwarded": "for=6.6.6.6;proto=http;host=evil.com"})
+    assert env["REMOTE_ADDR"] == "198.51.100.7" and env["wsgi.url_scheme"] == "https"
+    assert env["HTTP_HOST"].startswith("127.0.0.1") and env["SERVER_NAME"] != "shop.example"
+    assert env["SERVER_PORT"] == str(srv.port)
+
+
+def test_wsgi_forwarded_rfc7239(server):
+    srv = server("echo_environ:app", "--proxy-headers", "--forwarded-headers", "Forwarded")
     env = environ(srv, {"Forwarded": 'for="[2001:db8::1]:4711";proto=https;host="api.example"',
                         "X-Forwarded-For": "9.9.9.9"})
     assert env["REMOTE_ADDR"] == "2001:db8::1" and env["REMOTE_PORT"] == "4711"
@@ -75,12 +88,42 @@ def test_wsgi_proxy_headers_off_by_default(server):
     assert env["REMOTE_ADDR"] == "127.0.0.1" and env["wsgi.url_scheme"] == "http"
 
 
-def test_wsgi_malformed_headers_are_ignored_whole(server):
+def test_wsgi_malformed_headers(server):
     srv = server("echo_environ:app", "--proxy-headers")
+    # A bad proto is ignored alone: the client address still applies.
     env = environ(srv, {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "gopher"})
-    assert env["REMOTE_ADDR"] == "127.0.0.1" and env["wsgi.url_scheme"] == "http"
-    env = environ(srv, {"X-Forwarded-For": "not-an-address", "X-Forwarded-Proto": "https"})
-    assert env["REMOTE_ADDR"] == "127.0.0.1" and env["wsgi.url_scheme"] == "http"
+    assert env["REMOTE_ADDR"] == "203.0.113.9" and env["wsgi.url_scheme"] == "http"
+    # What the client put left of the proxy's hop is never parsed (nginx appends to it).
+    env = environ(srv, {"X-Forwarded-For": "foo, 203.0.113.9", "X-Forwarded-Proto": "https"})
+    assert env["REMOTE_ADDR"] == "203.0.113.9" and env["wsgi.url_scheme"] == "https"
+    # The trusted proxy's own hop malformed: 400, never the proxy's address (127.0.0.1).
+    for bad in ("not-an-address", "203.0.113.9, foo"):
+        status, headers, body = srv.request("GET", "/", headers={"X-Forwarded-For": bad})
+        assert status == 400, (bad, body)
+        assert b"proxy headers" in body
+    srv2 = server("echo_environ:app", "--proxy-headers", "--forwarded-headers", "forwarded")
+    status, _, body = srv2.request("GET", "/", headers={"Forwarded": "proto=https"})  # no for=
+    assert status == 400, body
+
+
+@pytest.mark.parametrize("env_var", ["FULMEN_FORWARDED_HEADERS", None])
+def test_forwarded_headers_choice(server, env_var):
+    args = ("--proxy-headers",) if env_var else ("--proxy-headers", "--forwarded-headers", "X-Forwarded-Host")
+    srv = server("echo_environ:app", *args, env={env_var: "x-forwarded-host"} if env_var else None)
+    env = environ(srv, XFF)
+    assert env["REMOTE_ADDR"] == "127.0.0.1" and env["wsgi.url_scheme"] == "http"  # not chosen
+    assert env["HTTP_HOST"] == "shop.example:8443"
+
+
+@pytest.mark.parametrize("value, expected", [("x-real-ip", "'x-real-ip' is not a proxy header"),
+                                             ("forwarded,x-forwarded-for", "cannot be combined"),
+                                             (",", "no header given")])
+def test_bad_forwarded_headers(value, expected):
+    result = run_fulmen("--forwarded-headers", value, "hello:app")
+    assert result.returncode == 1 and "--forwarded-headers" in result.stderr and expected in result.stderr, \
+        result.stderr
+    result = run_fulmen("hello:app", env={"FULMEN_FORWARDED_HEADERS": value})
+    assert result.returncode == 1 and "FULMEN_FORWARDED_HEADERS" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("allow, env_var", [("*", "FORWARDED_ALLOW_IPS"),
@@ -127,7 +170,7 @@ def test_bad_proxy_switches():
 # ---- --proxy-headers, ASGI ----------------------------------------------------------------------
 
 def test_asgi_trusted_proxy_headers(server):
-    srv = server("asgi_scope:app", "--proxy-headers")
+    srv = server("asgi_scope:app", "--proxy-headers", "--forwarded-headers", ALL_X)
     scope = asgi_scope(srv, XFF)
     assert tuple_of(scope["client"]) == ["198.51.100.7", 0]
     assert scope["scheme"] == "https"
@@ -289,3 +332,24 @@ def test_proxy_protocol_on_a_unix_socket(server, tmp_path):
     env = body_json(data)
     assert env["REMOTE_ADDR"] == "192.0.2.8" and env["REMOTE_PORT"] == "6000"
     assert srv.proc.poll() is None
+
+
+def test_proxy_protocol_source_decides_proxy_header_trust(server):
+    # A TCP pass-through balancer at 127.0.0.1 forwards the client's bytes: the client's own
+    # X-Forwarded-For must not be believed because the balancer is trusted.
+    srv = server("echo_environ:app", "--proxy-protocol", "--proxy-headers",
+                 "--forwarded-allow-ips", "127.0.0.1,10.0.0.0/8")
+    def through_balancer(source: bytes) -> dict:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            s.sendall(b"PROXY TCP4 " + source + b" 10.0.0.1 40001 443\r\nGET / HTTP/1.1\r\nHost: x\r\n"
+                      b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return body_json(data)
+
+    env = through_balancer(b"192.0.2.10")
+    assert env["REMOTE_ADDR"] == "192.0.2.10" and env["wsgi.url_scheme"] == "http"
+    # An HTTP proxy (10.0.0.7, trusted) behind the balancer: its headers are believed.
+    env = through_balancer(b"10.0.0.7")
+    assert env["REMOTE_ADDR"] == "6.6.6.6" and env["wsgi.url_scheme"] == "https"

@@ -125,6 +125,9 @@ bool Connection::take_proxy_header() noexcept {
     inet_ntop(h.v6 ? AF_INET6 : AF_INET, h.src, addr_text_, sizeof addr_text_);
     addr_len_ = uint8_t(strnlen(addr_text_, sizeof addr_text_));
     port_ = h.src_port;
+    // The balancer forwards the client's bytes: trust is the source's, not the balancer's.
+    const ServerConfig& cfg = server_->config();
+    if (cfg.proxy_headers) trusted_peer_ = cfg.trusted.contains(h.v6, h.src);
   }
   size_t rest = in_->end() - size_t(r);
   if (rest) std::memmove(in_->data(), in_->data() + r, rest);
@@ -546,7 +549,16 @@ bool Connection::begin_exchange(size_t head_len) noexcept {
   app_state = nullptr;
   server_->count_request();
   net::TimerList::disarm(timer);
-  if (trusted_peer_) read_forwarded(req_, server_->config().trusted, &fwd_);
+  if (trusted_peer_ && !read_forwarded(req_, server_->config().trusted, server_->config().forwarded_headers, &fwd_)) {
+    // The trusted proxies' part of the proxy headers is malformed: serving the request as from
+    // the peer (the proxy) would give it the proxy's address, so refuse it.
+    keep_alive_ = false;
+    write_simple(400, "Bad Request: malformed proxy headers (X-Forwarded-For / Forwarded)\n");
+    finished_ = true;
+    if (server_->config().access_log_fd >= 0) log_access();
+    state_ = State::kClosing;
+    return false;
+  }
   if (uint64_t limit = server_->config().limit_concurrency;
       limit && server_->open_connections() > limit) {
     // Over --limit-concurrency: refuse cheaply and shed the connection (Uvicorn answers 503 too).

@@ -3,7 +3,9 @@
 
 #include <arpa/inet.h>
 
+#include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "core/base/ascii.hpp"
 
@@ -84,12 +86,6 @@ class ListCursor {
   size_t line_ = 0;
   std::string_view rest_;
 };
-
-bool has_header(const Request& req, std::string_view lower) noexcept {
-  for (size_t i = 0; i < req.num_headers; ++i)
-    if (req.headers[i].name.size() == lower.size() && base::iequals(req.headers[i].name, lower)) return true;
-  return false;
-}
 
 // "http"/"ws" -> "http", "https"/"wss" -> "https" (the WebSocket scope maps them back).
 bool normalize_scheme(std::string_view s, std::string_view* out) noexcept {
@@ -273,97 +269,116 @@ bool parse_forwarded_element(std::string_view element, Hop* hop, bool* is_ip) no
   }
 }
 
+// Keeps the last kMaxForwardedHops elements of a list header (on the stack) so that it can be
+// walked from the right. `total` counts every element, also those that fell out on the left.
+struct Tail {
+  std::string_view items[kMaxForwardedHops];
+  size_t total = 0;
+  void fill(const Request& req, std::string_view lower_name) noexcept {
+    ListCursor cur(req, lower_name);
+    std::string_view item;
+    while (cur.next(&item)) items[total++ % kMaxForwardedHops] = item;
+  }
+  size_t kept() const noexcept { return total < kMaxForwardedHops ? total : kMaxForwardedHops; }
+  // The element at `index` from the left (index >= total - kept()).
+  std::string_view at(size_t index) const noexcept { return items[index % kMaxForwardedHops]; }
+};
+
+// Forwarded: walked from the right like X-Forwarded-For. Every element up to and including the
+// client's was written by a trusted proxy, so it must parse and name the hop (for=); elements
+// further left are never parsed.
 bool read_rfc7239(const Request& req, const TrustList& trust, ForwardedInfo* out) noexcept {
-  ListCursor cur(req, "forwarded");
-  std::string_view element;
-  Hop first, chosen, hop;
-  size_t n = 0;
-  bool have_untrusted = false;
-  while (cur.next(&element)) {
+  Tail tail;
+  tail.fill(req, "forwarded");
+  if (tail.total == 0) return true;
+  Hop hop, chosen;
+  bool found = false;
+  for (size_t k = 0; k < tail.kept(); ++k) {
     bool is_ip;
-    if (++n > kMaxForwardedHops || !parse_forwarded_element(element, &hop, &is_ip)) return false;
-    if (n == 1) first = hop;
+    if (!parse_forwarded_element(tail.at(tail.total - 1 - k), &hop, &is_ip) || hop.client.empty()) return false;
+    chosen = hop;
     if (!(is_ip && trust.contains_text(hop.client))) {
-      chosen = hop;
-      have_untrusted = true;
+      found = true;
+      break;
     }
   }
-  if (n == 0) return true;
-  const Hop& h = trust.all || !have_untrusted ? first : chosen;
-  out->client = h.client;
-  out->client_port = h.client.empty() ? 0 : h.port;
-  out->scheme = h.scheme;
-  if (!h.host.empty()) {
-    out->host = h.host;
-    parse_host(h.host, &out->server_name, &out->server_port);
+  // Every hop trusted (or "*"): the left-most one, unless the list is longer than we look.
+  if (!found && tail.total > tail.kept()) return false;
+  out->client = chosen.client;
+  out->client_port = chosen.port;
+  out->scheme = chosen.scheme;
+  if (!chosen.host.empty()) {
+    out->host = chosen.host;
+    parse_host(chosen.host, &out->server_name, &out->server_port);
   }
   return true;
 }
 
 // The element of a list header at `index` when the list has `hops` elements (it was appended
 // to hop by hop, as X-Forwarded-For was), otherwise its right-most element: the one the trusted
-// proxy next to us wrote. Empty if the header is absent. False if it has too many elements.
-bool pick(const Request& req, std::string_view lower_name, size_t hops, size_t index,
-          std::string_view* out) noexcept {
+// proxy next to us wrote. Empty if the header is absent. Elements are not parsed here.
+std::string_view pick(const Request& req, std::string_view lower_name, size_t hops, size_t index) noexcept {
   ListCursor cur(req, lower_name);
   std::string_view item, at, last;
   size_t n = 0;
   while (cur.next(&item)) {
     if (n == index) at = item;
     last = item;
-    if (++n > kMaxForwardedHops) return false;
+    ++n;
   }
-  *out = n == hops ? at : last;
-  return true;
+  return n == hops ? at : last;
 }
 
-bool read_x_forwarded(const Request& req, const TrustList& trust, ForwardedInfo* out) noexcept {
-  ListCursor cur(req, "x-forwarded-for");
-  std::string_view item, first_ip, chosen_ip;
-  int first_port = 0, chosen_port = 0;
-  size_t n = 0, chosen_index = 0;
-  bool have_untrusted = false;
-  while (cur.next(&item)) {
-    std::string_view ip;
+// X-Forwarded-For is walked from the right: the right-most hop was written by the trusted peer,
+// each hop that is a trusted proxy vouches for the one on its left, and the first one that is
+// not trusted is the client. Hops left of it are never parsed (the client may write anything
+// there). A malformed hop in the trusted part is an error (400), never a reason to fall back to
+// the peer's address. X-Forwarded-Proto/-Host/-Port are read independently: a malformed one is
+// ignored alone.
+bool read_x_forwarded(const Request& req, const TrustList& trust, unsigned headers,
+                      ForwardedInfo* out) noexcept {
+  size_t hops = SIZE_MAX, index = 0;  // no X-Forwarded-For: the right-most proto/host/port
+  if (headers & kXForwardedFor) {
+    Tail tail;
+    tail.fill(req, "x-forwarded-for");
+    if (tail.total > 0) {
+      bool found = false;
+      for (size_t k = 0; k < tail.kept(); ++k) {
+        std::string_view ip;
+        int port;
+        bool is_ip;
+        size_t i = tail.total - 1 - k;
+        if (!parse_xff_hop(tail.at(i), &ip, &port, &is_ip)) return false;
+        out->client = ip;
+        out->client_port = port;
+        index = i;
+        if (!trust.contains_text(ip)) {
+          found = true;
+          break;
+        }
+      }
+      if (!found && tail.total > tail.kept()) return false;
+      hops = tail.total;
+    }
+  }
+  if (headers & kXForwardedProto) {
+    std::string_view proto = pick(req, "x-forwarded-proto", hops, index), scheme;
+    if (!proto.empty() && normalize_scheme(proto, &scheme)) out->scheme = scheme;
+  }
+  if (headers & kXForwardedHost) {
+    std::string_view host = pick(req, "x-forwarded-host", hops, index), name;
     int port;
-    bool is_ip;
-    if (++n > kMaxForwardedHops || !parse_xff_hop(item, &ip, &port, &is_ip)) return false;
-    if (n == 1) {
-      first_ip = ip;
-      first_port = port;
-    }
-    if (!trust.contains_text(ip)) {
-      chosen_ip = ip;
-      chosen_port = port;
-      chosen_index = n - 1;
-      have_untrusted = true;
+    if (!host.empty() && parse_host(host, &name, &port)) {
+      out->host = host;
+      out->server_name = name;
+      out->server_port = port;
     }
   }
-  size_t index = 0;
-  if (n > 0) {
-    if (trust.all || !have_untrusted) {
-      out->client = first_ip;
-      out->client_port = first_port;
-    } else {
-      out->client = chosen_ip;
-      out->client_port = chosen_port;
-      index = chosen_index;
-    }
-  }
-  std::string_view proto, host, port;
-  if (!pick(req, "x-forwarded-proto", n, index, &proto) || !pick(req, "x-forwarded-host", n, index, &host) ||
-      !pick(req, "x-forwarded-port", n, index, &port))
-    return false;
-  if (!proto.empty() && !normalize_scheme(proto, &out->scheme)) return false;
-  if (!host.empty()) {
-    if (!parse_host(host, &out->server_name, &out->server_port)) return false;
-    out->host = host;
-  }
-  if (!port.empty()) {
+  if (headers & kXForwardedPort) {
+    std::string_view text = pick(req, "x-forwarded-port", hops, index);
     int p;
-    if (!parse_port(port, &p)) return false;
     // The Host's own port wins: it is what the client asked for.
-    if (out->server_port < 0) out->server_port = p;
+    if (!text.empty() && parse_port(text, &p) && out->server_port < 0) out->server_port = p;
   }
   return true;
 }
@@ -437,9 +452,23 @@ bool TrustList::contains_text(std::string_view ip) const noexcept {
   return parse_ip(ip, &v6, addr) && contains(v6, addr);
 }
 
-bool read_forwarded(const Request& req, const TrustList& trust, ForwardedInfo* out) noexcept {
+bool parse_forwarded_header_name(std::string_view name, unsigned* bit) noexcept {
+  static constexpr std::pair<std::string_view, unsigned> kNames[] = {
+      {"x-forwarded-for", kXForwardedFor},   {"x-forwarded-proto", kXForwardedProto},
+      {"x-forwarded-host", kXForwardedHost}, {"x-forwarded-port", kXForwardedPort},
+      {"forwarded", kForwardedRfc7239}};
+  for (auto& [n, b] : kNames) {
+    if (name.size() == n.size() && base::iequals(name, n)) {
+      *bit = b;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool read_forwarded(const Request& req, const TrustList& trust, unsigned headers, ForwardedInfo* out) noexcept {
   *out = ForwardedInfo{};
-  bool ok = has_header(req, "forwarded") ? read_rfc7239(req, trust, out) : read_x_forwarded(req, trust, out);
+  bool ok = (headers & kForwardedRfc7239) ? read_rfc7239(req, trust, out) : read_x_forwarded(req, trust, headers, out);
   if (!ok) {
     *out = ForwardedInfo{};
     return false;

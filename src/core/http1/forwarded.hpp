@@ -6,9 +6,16 @@
 // TrustList; inside the headers, X-Forwarded-For / Forwarded "for=" hops are walked from the right
 // and the right-most one that is not a trusted proxy is the client (Uvicorn 0.30+).
 //
-// Forwarded (RFC 7239) wins: when a request has one, the X-Forwarded-* headers are not read.
-// A malformed header, or a scheme other than http/https/ws/wss, makes read_forwarded() return
-// false and nothing at all is applied: a proxy header is either understood whole or ignored.
+// Which headers are believed is explicit (--forwarded-headers): by default X-Forwarded-For and
+// X-Forwarded-Proto only, as Uvicorn and Gunicorn. A proxy that only sets those passes the
+// client's own X-Forwarded-Host or Forwarded through, so they must not be read unless chosen.
+// Choosing Forwarded (RFC 7239) excludes the X-Forwarded-* headers (the option checks it).
+//
+// Errors: the hops the walk reads (the trusted proxies' part, right of and including the
+// client) must parse; if one does not, read_forwarded() returns false and the request is
+// answered 400 (falling back to the peer, the proxy, would hand every client the proxy's
+// address). Hops further left are never parsed. X-Forwarded-Proto/-Host/-Port are read one by
+// one: a malformed one, or a scheme other than http/https/ws/wss, is ignored alone.
 #pragma once
 
 #include <cstddef>
@@ -54,9 +61,23 @@ struct ForwardedInfo {
   bool any() const noexcept { return !client.empty() || !scheme.empty() || !host.empty() || server_port >= 0; }
 };
 
-// Most hops a Forwarded / X-Forwarded-For list may have; longer lists are malformed.
+// Most hops of a Forwarded / X-Forwarded-For list that are walked (from the right); a list whose
+// walked hops are all trusted proxies and that is longer is malformed.
 inline constexpr size_t kMaxForwardedHops = 64;
 
-bool read_forwarded(const Request& req, const TrustList& trust, ForwardedInfo* out) noexcept;
+// --forwarded-headers, a bit set.
+enum ForwardedHeader : unsigned {
+  kXForwardedFor = 1,
+  kXForwardedProto = 2,
+  kXForwardedHost = 4,
+  kXForwardedPort = 8,
+  kForwardedRfc7239 = 16,  // alone: the X-Forwarded-* bits are then ignored
+};
+inline constexpr unsigned kDefaultForwardedHeaders = kXForwardedFor | kXForwardedProto;
+// "x-forwarded-for" ... "forwarded" (any case) to its bit. False for another name.
+bool parse_forwarded_header_name(std::string_view name, unsigned* bit) noexcept;
+
+// False: the trusted part is malformed (answer 400); *out is then empty.
+bool read_forwarded(const Request& req, const TrustList& trust, unsigned headers, ForwardedInfo* out) noexcept;
 
 }  // namespace fulmen::http1
