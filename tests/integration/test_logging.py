@@ -187,8 +187,9 @@ def read(path: Path) -> str:
         return ""
 
 
-@pytest.mark.parametrize("args", [["logged:wsgi"], ["logged:wsgi", "--threads", "3"], ["logged:asgi"]],
-                         ids=["wsgi", "wsgi-threads", "asgi"])
+@pytest.mark.parametrize("args", [["logged:wsgi"], ["logged:wsgi", "--threads", "3"], ["logged:asgi"],
+                                  ["logged:wsgi", "--workers", "2"], ["logged:asgi", "--workers", "2"]],
+                         ids=["wsgi", "wsgi-threads", "asgi", "wsgi-workers", "asgi-workers"])
 def test_log_files_are_reopened_on_usr1_after_a_rename(fd_server, tmp_path, args):
     access, error = tmp_path / "access.log", tmp_path / "error.log"
     srv = fd_server("--access-logfile", str(access), "--error-logfile", str(error), *args)
@@ -200,14 +201,21 @@ def test_log_files_are_reopened_on_usr1_after_a_rename(fd_server, tmp_path, args
     assert srv.get("/between") == 200  # still written to the renamed file, as logrotate expects
     assert wait_until(lambda: "/between" in read(tmp_path / "access.log.1"))
     srv.proc.send_signal(signal.SIGUSR1)
-    assert wait_until(lambda: "Reopened the log files" in read(error)), srv.output() + read(tmp_path / "error.log.1")
+    # Under --workers the supervisor reopens its files and forwards the signal; each worker then
+    # reopens its own: one line from every process.
+    processes = 3 if "--workers" in args else 1
+    assert wait_until(lambda: read(error).count("Reopened the log files") >= processes), \
+        srv.output() + read(error) + read(tmp_path / "error.log.1")
     assert srv.get("/after") == 200
     assert wait_until(lambda: "/after" in read(access)), read(access)
     assert srv.stop() == 0
     old, new = read(tmp_path / "access.log.1"), read(access)
     assert "/before" in old and "/between" in old and "/after" not in old
     assert "/before" not in new and new.count("\n") == 1
-    assert "Finished" in read(error) and "Finished" not in read(tmp_path / "error.log.1")
+    if "--workers" not in args:
+        assert "Finished" in read(error) and "Finished" not in read(tmp_path / "error.log.1")
+    else:  # the workers' own lines after the reopen went to the new file too
+        assert "stopped (shutdown" in read(error) and "stopped" not in read(tmp_path / "error.log.1")
     # Fulmen's own lines went to the files (the app's own logger is the app's business: Python's
     # last-resort handler sends its warnings to stderr).
     assert "fulmen" not in srv.output().lower() and "Listening" not in srv.output(), srv.output()
