@@ -185,7 +185,10 @@ int Server::start(net::LoopHooks* loop_hooks) noexcept {
 
 bool Server::step(int timeout_ms) noexcept {
   if (finished_) return false;
+  corking_ = true;
   last_step_events_ = loop_.poll_once(timeout_ms, loop_hooks_);
+  corking_ = false;
+  uncork();
   run_deferred();
   expire_timers();
   if (config_.supervisor_fd >= 0) notify_supervisor();
@@ -243,6 +246,12 @@ void Server::defer(http1::Connection* c) noexcept {
   bool first = deferred_.empty();
   deferred_.push_back(c);
   if (first && loop_hooks_) loop_hooks_->on_deferred();
+}
+
+void Server::uncork() noexcept {
+  // Before run_deferred(): nothing drove these connections since they corked.
+  for (http1::Connection* c : corked_) c->uncork();
+  corked_.clear();
 }
 
 void Server::run_deferred() noexcept {

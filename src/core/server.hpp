@@ -120,6 +120,11 @@ class Server {
   // A connection the app touched outside the loop's own processing (an async app's send()) asks
   // to be driven on the next step; the first one of a batch calls LoopHooks::on_deferred().
   void defer(http1::Connection* c) noexcept;
+  // While step() dispatches one batch of I/O events, a connection that finished a response in
+  // kReadHead queues it here instead of writing at once; all go out after the batch (uncork()).
+  // The clients then find several responses per wake-up instead of being woken once per write.
+  bool corking() const noexcept { return corking_; }
+  void cork(http1::Connection* c) noexcept { corked_.push_back(c); }
   // Thread- and signal-safe.
   void stop(bool graceful) noexcept;
 
@@ -198,6 +203,7 @@ class Server {
             &self->ws_ping_timers_, &self->ws_pong_timers_, &self->ws_close_timers_};
   }
   void run_deferred() noexcept;
+  void uncork() noexcept;
   void flush_access_log() noexcept;
   void drain_returned() noexcept;
   void pause_accepting(int64_t ms) noexcept;
@@ -263,6 +269,8 @@ class Server {
   int last_step_events_ = 0;
   std::vector<http1::Connection*> deferred_;          // loop thread only
   std::vector<http1::Connection*> deferred_running_;  // swapped with deferred_: keeps capacity
+  std::vector<http1::Connection*> corked_;             // loop thread only; see cork()
+  bool corking_ = false;
   int64_t accept_paused_until_ms_ = 0;
   int64_t next_beat_ms_ = 0;     // heartbeat: when the loop next writes kBeatByte
   bool retire_sent_ = false;     // kRetireByte went out (once per run)

@@ -10,6 +10,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -97,6 +98,7 @@ class TestApp : public http1::AppHandler {
     if (path == "/nofinish") return;  // the engine must answer 500
     if (path == "/rendezvous") return rendezvous(ex);
     if (path == "/gate") return gate(ex);
+    if (path == "/peek") return peek(ex);
     ex.send_simple(404, "not found\n", false);
   }
 
@@ -300,6 +302,25 @@ class TestApp : public http1::AppHandler {
     reply(ex, 200, together ? "together" : "alone");
   }
 
+  // Records how many response bytes the clients in peek_fds have waiting unread right now.
+  void peek(Exchange& ex) {
+    int total = 0;
+    for (int fd : peek_fds) {
+      int n = 0;
+      if (ioctl(fd, FIONREAD, &n) == 0) total += n;
+    }
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      peeked.push_back(total);
+    }
+    reply(ex, 200, "peek");
+  }
+
+ public:
+  std::vector<int> peek_fds;  // set before the /peek requests are sent
+  std::vector<int> peeked;    // guarded by mu_; read after the responses arrived
+
+ private:
   // Holds the calling thread (the loop, without a pool) until open_gate(), at most 5 s.
   void gate(Exchange& ex) {
     std::unique_lock<std::mutex> g(mu_);
@@ -564,6 +585,38 @@ TEST(Server, PipelinedRequestsAnsweredInOrder) {
   }
   EXPECT_TRUE(c.quiet_for(50));
   EXPECT_TRUE(c.pending().empty());
+}
+
+// Responses completed while one batch of events is dispatched leave together after it
+// (Server::cork): a client is woken once for several responses, not once per write.
+TEST(Server, ResponsesOfOneEventBatchLeaveAfterIt) {
+  ServerConfig cfg = test_config();
+  cfg.keep_alive_ms = 300;
+  TestApp app;
+  Running srv(cfg, app);
+  Client a(srv.port()), b(srv.port()), g(srv.port());
+  for (Client* c : {&a, &b}) {  // established and idle before the loop is held
+    ASSERT_TRUE(c->send(get("/hello")));
+    ASSERT_TRUE(c->read_response().ok);
+  }
+  app.peek_fds = {a.fd(), b.fd()};
+  ASSERT_TRUE(g.send(get("/gate")));
+  ASSERT_TRUE(app.wait_gated(5000));  // the loop thread is inside the app now
+  ASSERT_TRUE(a.send(get("/peek")));
+  ASSERT_TRUE(b.send(get("/peek")));
+  app.open_gate();  // the next epoll_wait returns both requests in one batch
+  Response ra = a.read_response(), rb = b.read_response();
+  ASSERT_TRUE(ra.ok && rb.ok);
+  EXPECT_EQ(ra.body, "peek");
+  EXPECT_EQ(rb.body, "peek");
+  ASSERT_TRUE(g.read_response().ok);
+  // Whichever request ran second found nothing from the first one's response yet.
+  EXPECT_EQ(app.peeked, (std::vector<int>{0, 0}));
+  // And the connections were put back on their keep-alive timers after the batch.
+  int64_t t0 = mono_ms();
+  EXPECT_TRUE(a.wait_closed(3000));
+  EXPECT_TRUE(b.wait_closed(3000));
+  EXPECT_GE(mono_ms() - t0, 150);
 }
 
 TEST(Server, BodyAndNextRequestInOneSegment) {

@@ -233,6 +233,25 @@ void Connection::drive() noexcept {
     break;  // waiting for I/O
   }
   if (state_ == State::kClosed || state_ == State::kLent) return;
+  if (out_pending() && state_ == State::kReadHead && server_->corking()) {
+    // The response is complete: it leaves with the others of this batch (Server::cork).
+    if (!corked_) {
+      corked_ = true;
+      server_->cork(this);
+    }
+    return;
+  }
+  if (out_pending() && !flush() && failed_) {
+    close_now();
+    return;
+  }
+  arm_timer_for_state();
+}
+
+void Connection::uncork() noexcept {
+  if (!corked_) return;
+  corked_ = false;
+  if (state_ != State::kReadHead) return;  // closed meanwhile, or whatever moved it on flushes
   if (out_pending() && !flush() && failed_) {
     close_now();
     return;
@@ -327,6 +346,7 @@ void Connection::close_now() noexcept {
   ::close(fd_);
   fd_ = -1;
   state_ = State::kClosed;
+  corked_ = false;  // a reuse of this object within the same batch starts clean
   file_left_ = 0;
   ws_.reset();
   ws_request_ = false;

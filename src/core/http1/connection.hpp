@@ -74,6 +74,8 @@ class Connection final : public net::IoHandler, public Exchange {
   bool peer_gone() const noexcept override { return peer_eof_ || failed_; }
   // Server::step() runs this for a connection that deferred itself (Server::defer).
   void run_deferred() noexcept;
+  // Server::step() runs this after the event batch for a connection that corked its output.
+  void uncork() noexcept;
   bool is_websocket() const noexcept override { return ws_request_; }
   size_t ws_subprotocols(std::string_view* out, size_t max) const noexcept override;
   StartError ws_accept(std::string_view subprotocol, const Header* headers,
@@ -160,6 +162,7 @@ class Connection final : public net::IoHandler, public Exchange {
   bool disconnect_told_ = false;  // detached: on_disconnect() was called
   bool in_drive_ = false;    // inside drive(): app calls need no deferral
   bool deferred_ = false;    // queued on the server's deferred list
+  bool corked_ = false;      // queued on the server's corked list (Server::cork)
   bool is_unix_ = false;
   bool ws_request_ = false;  // this exchange is a valid WebSocket upgrade request
   bool proxy_pending_ = false;  // --proxy-protocol: the PROXY header has not been read yet
