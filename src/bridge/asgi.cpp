@@ -46,7 +46,7 @@ bool init_names() noexcept {
   K(http_response_start, "http.response.start"); K(http_response_body, "http.response.body");
   K(set_result, "set_result"); K(done, "done"); K(create_future, "create_future");
   K(http, "http"); K(v1_1, "1.1"); K(v1_0, "1.0"); K(empty_str, ""); K(call_soon, "call_soon");
-  K(https, "https"); K(wss, "wss");
+  K(https, "https"); K(wss, "wss"); K(add, "add");
 #undef K
   n->empty_bytes = Ref::steal(PyBytes_FromStringAndSize(nullptr, 0));
   n->asgi_info = Ref::steal(Py_BuildValue("{ssss}", "version", "3.0", "spec_version", "2.4"));
@@ -195,13 +195,13 @@ struct SendObject {
 PyTypeObject CallType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 PyTypeObject SendType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
-// The call_soon stand-in of start_task() (Python 3.10/3.11): keeps the first callback it gets
-// (the new Task's first step) and its context instead of scheduling it; anything else goes to
-// the loop's real call_soon.
+// The stand-ins of start_task() (Python 3.10/3.11) for loop.call_soon and all_tasks.add: keeps
+// the first single argument it gets (the new Task's first step, or the Task itself) and a
+// context= keyword instead of passing them on; anything else goes to the real method.
 struct StepCatcher {
   PyObject_HEAD
   vectorcallfunc vectorcall;
-  PyObject* real;      // owned: the loop's bound call_soon
+  PyObject* real;      // owned: the bound method it stands in for
   PyObject* callback;  // owned: the caught step, until start_task() runs it
   PyObject* context;   // owned: its context, or null
 };
@@ -214,6 +214,19 @@ void catcher_dealloc(PyObject* o) {
   Py_XDECREF(k->callback);
   Py_XDECREF(k->context);
   Py_TYPE(o)->tp_free(o);
+}
+
+PyObject* catcher_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject* kwnames);
+
+// A stand-in for `real` (new ref, or null with an error set).
+[[maybe_unused]] PyObject* new_catcher(PyObject* real) noexcept {
+  if (!real) return nullptr;
+  auto* k = PyObject_New(StepCatcher, &StepCatcherType);
+  if (!k) return nullptr;
+  k->vectorcall = catcher_call;
+  k->real = Py_NewRef(real);
+  k->callback = k->context = nullptr;
+  return reinterpret_cast<PyObject*>(k);
 }
 
 PyObject* catcher_call(PyObject* o, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
@@ -696,13 +709,15 @@ bool AsgiHandler::attach(PyObject* loop, PyObject* state) noexcept {
   if (!asyncio) return false;
   im.task_type = Ref::steal(PyObject_GetAttrString(asyncio.get(), "Task"));
   if (!im.task_type) return false;
+  im.task_name = Ref::steal(PyUnicode_InternFromString("fulmen.asgi"));
+  if (!im.task_name) return false;
 #if PY_VERSION_HEX >= 0x030C0000
-  // asyncio.Task(coro, loop=loop, eager_start=True) runs the coroutine up to its first real
-  // wait right away.
-  im.task_kwnames = Ref::steal(Py_BuildValue("(ss)", "loop", "eager_start"));
+  // asyncio.Task(coro, loop=loop, name=..., eager_start=True) runs the coroutine up to its first
+  // real wait right away.
+  im.task_kwnames = Ref::steal(Py_BuildValue("(sss)", "loop", "name", "eager_start"));
   return bool(im.task_kwnames);
 #else
-  im.task_kwnames = Ref::steal(Py_BuildValue("(s)", "loop"));
+  im.task_kwnames = Ref::steal(Py_BuildValue("(ss)", "loop", "name"));
   if (!im.task_kwnames) return false;
   im.loop_dict = Ref::steal(PyObject_GenericGetDict(loop, nullptr));
   if (!im.loop_dict) {
@@ -710,15 +725,20 @@ bool AsgiHandler::attach(PyObject* loop, PyObject* state) noexcept {
     return true;
   }
   im.real_call_soon = Ref::steal(PyObject_GetAttr(loop, N->call_soon.get()));
-  auto* k = PyObject_New(StepCatcher, &StepCatcherType);
-  if (!k || !im.real_call_soon) {
-    Py_XDECREF(k);
-    return false;
+  im.step_catcher = Ref::steal(new_catcher(im.real_call_soon.get()));
+  if (!im.step_catcher) return false;
+  // The registry Task() adds itself to (asyncio.tasks._all_tasks is _asyncio's).
+  Ref mod = Ref::steal(PyImport_ImportModule("_asyncio"));
+  Ref all_tasks = mod ? Ref::steal(PyObject_GetAttrString(mod.get(), "_all_tasks")) : Ref();
+  Ref all_dict = all_tasks ? Ref::steal(PyObject_GenericGetDict(all_tasks.get(), nullptr)) : Ref();
+  if (!all_dict) {
+    PyErr_Clear();  // no C accelerator or no instance dict: tasks register themselves
+    return true;
   }
-  k->vectorcall = catcher_call;
-  k->real = Py_NewRef(im.real_call_soon.get());
-  k->callback = k->context = nullptr;
-  im.step_catcher = Ref::steal(reinterpret_cast<PyObject*>(k));
+  im.real_add = Ref::steal(PyObject_GetAttr(all_tasks.get(), N->add.get()));
+  im.add_catcher = Ref::steal(new_catcher(im.real_add.get()));
+  if (!im.add_catcher) return false;
+  im.all_tasks_dict = std::move(all_dict);
   return true;
 #endif
 }
@@ -726,27 +746,58 @@ bool AsgiHandler::attach(PyObject* loop, PyObject* state) noexcept {
 // A Task for the request's coroutine whose first step has already run (it may be done).
 PyObject* AsgiHandler::Impl::start_task(PyObject* coro) noexcept {
 #if PY_VERSION_HEX >= 0x030C0000
-  PyObject* args[3] = {coro, loop.get(), Py_True};
+  PyObject* args[4] = {coro, loop.get(), task_name.get(), Py_True};
   return PyObject_Vectorcall(task_type.get(), args, 1, task_kwnames.get());
 #else
-  PyObject* args[2] = {coro, loop.get()};
+  PyObject* args[3] = {coro, loop.get(), task_name.get()};
   // Someone (a tracing library, the app) patched loop.call_soon on the instance: leave it be.
   int patched = loop_dict ? PyDict_Contains(loop_dict.get(), N->call_soon.get()) : 1;
   if (patched) {
     if (patched < 0) PyErr_Clear();
     return PyObject_Vectorcall(task_type.get(), args, 1, task_kwnames.get());
   }
-  if (PyDict_SetItem(loop_dict.get(), N->call_soon.get(), step_catcher.get()) < 0) return nullptr;
+  // The same for all_tasks.add; without it the task registers itself as usual.
+  int add_patched = all_tasks_dict ? PyDict_Contains(all_tasks_dict.get(), N->add.get()) : 1;
+  if (add_patched < 0) PyErr_Clear();
+  bool shadow_add = add_patched == 0;
+  if (shadow_add && PyDict_SetItem(all_tasks_dict.get(), N->add.get(), add_catcher.get()) < 0)
+    return nullptr;
+  if (PyDict_SetItem(loop_dict.get(), N->call_soon.get(), step_catcher.get()) < 0) {
+    ErrorStash stash;
+    if (shadow_add && PyDict_DelItem(all_tasks_dict.get(), N->add.get()) < 0) PyErr_Clear();
+    return nullptr;
+  }
   Ref task = Ref::steal(PyObject_Vectorcall(task_type.get(), args, 1, task_kwnames.get()));
   {
-    ErrorStash stash;  // the shadow goes whatever happened
+    ErrorStash stash;  // the shadows go whatever happened
     if (PyDict_DelItem(loop_dict.get(), N->call_soon.get()) < 0) PyErr_Clear();
+    if (shadow_add && PyDict_DelItem(all_tasks_dict.get(), N->add.get()) < 0) PyErr_Clear();
   }
   auto* k = reinterpret_cast<StepCatcher*>(step_catcher.get());
   Ref step = Ref::steal(k->callback);
   Ref ctx = Ref::steal(k->context);
   k->callback = k->context = nullptr;
-  if (!task || !step) return task.release();  // not caught: the loop runs the step as usual
+  Ref added;  // what Task() tried to register (the task itself)
+  if (shadow_add) {
+    auto* a = reinterpret_cast<StepCatcher*>(add_catcher.get());
+    added = Ref::steal(a->callback);
+    Py_CLEAR(a->context);
+    a->callback = nullptr;
+  }
+  // Registers the task as Task() meant to, unless it is done (a done task leaves the registry
+  // anyway once it is freed).
+  auto register_unless_done = [&]() -> bool {
+    if (!added) return true;
+    Ref done = Ref::steal(PyObject_CallMethodNoArgs(task.get(), N->done.get()));
+    if (!done) return false;
+    if (done.get() == Py_True) return true;
+    return bool(Ref::steal(PyObject_CallOneArg(real_add.get(), added.get())));
+  };
+  if (!task) return nullptr;
+  if (!step) {
+    // Not caught: the loop runs the step as usual.
+    return register_unless_done() ? task.release() : nullptr;
+  }
   // As Handle._run does: the step runs in the task's context.
   if (ctx && PyContext_Enter(ctx.get()) < 0) return nullptr;
   Ref r = Ref::steal(PyObject_CallNoArgs(step.get()));
@@ -757,7 +808,7 @@ PyObject* AsgiHandler::Impl::start_task(PyObject* coro) noexcept {
   // The step raises only what a task re-raises (KeyboardInterrupt, SystemExit): the caller
   // stops the server. The task has recorded it too.
   if (!r) return nullptr;
-  return task.release();
+  return register_unless_done() ? task.release() : nullptr;
 #endif
 }
 

@@ -22,7 +22,7 @@ struct Names {
   Ref type, asgi, http_version, method, scheme, path, raw_path, query_string, root_path, headers,
       client, server, state, extensions, body, more_body, status, http_request, http_disconnect,
       http_response_start, http_response_body, set_result, done, create_future, http, v1_1, v1_0,
-      empty_bytes, empty_str, asgi_info, run_helper, call_soon, https, wss;
+      empty_bytes, empty_str, asgi_info, run_helper, call_soon, https, wss, add;
   Ref methods[10];
   // WebSocket
   Ref websocket, ws, subprotocols, subprotocol, text, bytes, code, reason, websocket_connect,
@@ -69,7 +69,9 @@ struct AsgiHandler::Impl {
   Ref state;                 // lifespan state (a dict) or null
   Ref create_future;         // loop.create_future, looked up once
   Ref task_type;             // asyncio.Task
-  Ref task_kwnames;          // ("loop",) or, on 3.12+, ("loop", "eager_start")
+  Ref task_kwnames;          // ("loop", "name") or, on 3.12+, ("loop", "name", "eager_start")
+  // Every request's Task has this name: before 3.12, Task() formats "Task-<n>" for each one.
+  Ref task_name;
   // Python 3.10/3.11 have no eager tasks. Task() schedules its first step with loop.call_soon,
   // looked up on the loop object, so for the moment a Task is made, a stand-in call_soon in the
   // loop's instance dict catches that step and start_task() runs it at once, in the task's
@@ -78,6 +80,13 @@ struct AsgiHandler::Impl {
   Ref loop_dict;
   Ref step_catcher;          // the stand-in (a StepCatcher)
   Ref real_call_soon;        // the loop's own call_soon, bound before any shadowing
+  // The same for the registry of all tasks (a WeakSet, whose add() is Python code): Task() adds
+  // itself through the stand-in, which only remembers it, and start_task() registers the task
+  // for real only if its first step did not finish it, as 3.12 does for eager tasks. Null when
+  // the registry has no instance dict.
+  Ref all_tasks_dict;
+  Ref add_catcher;           // a StepCatcher standing in for all_tasks.add
+  Ref real_add;              // all_tasks.add, bound before any shadowing
   std::vector<Ref> server_tuples;  // per listener: (host, port) or None
   std::string root_path;
   Ref root_path_str, root_path_bytes;

@@ -19,6 +19,7 @@ import signal
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 import time
 
@@ -747,9 +748,35 @@ def test_current_task_and_running_loop(probe):
     assert got["task_loop_is_running_loop"], got
     assert got["sniffio"] == "asyncio"
     assert got["cancelling"] in (0, None)
-    # Before Python 3.12 the task's first step is caught from loop.call_soon for a moment
-    # (asgi.cpp, start_task); the app never sees that.
-    assert got["call_soon_not_shadowed"], got
+    # Before Python 3.12 the task's first step is caught from loop.call_soon, and its
+    # registration from all_tasks.add, for a moment (asgi.cpp, start_task); the app never sees
+    # either stand-in.
+    assert got["call_soon_not_shadowed"] and got["add_not_shadowed"], got
+    if ASGI_SERVER == "fulmen":
+        # One constant name (3.10/3.11 would format "Task-<n>" for every request).
+        assert got["name"] == "fulmen.asgi", got
+        if sys.version_info >= (3, 12):
+            assert got["in_all_tasks_first_step"], got  # 3.12's eager tasks are listed
+        else:
+            # Registered once the first step did not finish it, as 3.12 does for the WeakSet.
+            assert not got["in_all_tasks_first_step"], got
+
+
+def test_app_patching_all_tasks_add_is_left_alone(probe):
+    got = json.loads(exchange(probe.port, get("/patch-all-tasks-add")).body)
+    if not got["patched"]:
+        pytest.skip("no task registry with an instance __dict__ on this Python")
+    try:
+        for _ in range(3):  # every task now registers through the patch, at once
+            t = json.loads(exchange(probe.port, get("/task")).body)
+            assert t["has_task"] and t["in_all_tasks"], t
+            if sys.version_info < (3, 12):
+                assert t["in_all_tasks_first_step"], t
+    finally:
+        after = json.loads(exchange(probe.port, get("/unpatch-all-tasks-add")).body)
+    assert after["still_patched"], after
+    # 3.12+ calls add() only for tasks that outlive their eager first step (/task does).
+    assert after["calls"] >= 3, after
 
 
 @pytest.mark.skipif(ASGI_SERVER != "fulmen", reason="Fulmen's own behaviour (as for WSGI apps)")

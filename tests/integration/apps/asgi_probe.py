@@ -332,8 +332,13 @@ async def task_info(scope, receive, send, q):
     import sniffio
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
+    registry = getattr(asyncio.tasks, "_all_tasks", None)
+    in_all_first = task in asyncio.all_tasks()
     await asyncio.sleep(0)
     await respond_json(send, {
+        "name": task.get_name() if task is not None else None,
+        "in_all_tasks_first_step": in_all_first,
+        "add_not_shadowed": "add" not in getattr(registry, "__dict__", {}),
         "has_task": task is not None,
         "same_task_after_await": asyncio.current_task() is task,
         "in_all_tasks": task in asyncio.all_tasks(),
@@ -384,6 +389,34 @@ async def unpatch_call_soon(scope, receive, send, q):
     if still:
         del loop.call_soon
     await respond_json(send, {"still_patched": still, "calls": CALL_SOON_PATCH["calls"]})
+
+
+ADD_PATCH = {"fn": None, "calls": 0}
+
+
+async def patch_all_tasks_add(scope, receive, send, q):
+    # The same for the registry of tasks (asyncio.all_tasks()): a patched add() is used as it is.
+    registry = getattr(asyncio.tasks, "_all_tasks", None)
+    if not hasattr(registry, "__dict__"):
+        await respond_json(send, {"patched": False})
+        return
+    real = registry.add
+
+    def counting(task):
+        ADD_PATCH["calls"] += 1
+        return real(task)
+
+    ADD_PATCH.update(fn=counting, calls=0)
+    registry.add = counting
+    await respond_json(send, {"patched": True})
+
+
+async def unpatch_all_tasks_add(scope, receive, send, q):
+    registry = asyncio.tasks._all_tasks
+    still = vars(registry).get("add") is ADD_PATCH["fn"]
+    if still:
+        del registry.add
+    await respond_json(send, {"still_patched": still, "calls": ADD_PATCH["calls"]})
 
 
 async def anyio_route(scope, receive, send, q):
@@ -459,7 +492,8 @@ ROUTES = {
     "/return-after-start": return_after_start, "/return-mid-body": return_mid_body, "/misuse": misuse,
     "/sleep": sleep, "/slow-then-disconnect": slow_then_disconnect, "/ctx": ctx, "/task": task_info,
     "/anyio": anyio_route, "/executor": executor, "/tcp": tcp, "/patch-call-soon": patch_call_soon,
-    "/unpatch-call-soon": unpatch_call_soon, "/interrupt": interrupt,
+    "/unpatch-call-soon": unpatch_call_soon,
+    "/patch-all-tasks-add": patch_all_tasks_add, "/unpatch-all-tasks-add": unpatch_all_tasks_add, "/interrupt": interrupt,
 }
 
 
