@@ -16,6 +16,7 @@
 #include <climits>
 #include <thread>
 #include <cstring>
+#include <ctime>
 #include <string>
 
 #include "core/base/allocator.hpp"
@@ -246,6 +247,22 @@ void Server::defer(http1::Connection* c) noexcept {
   bool first = deferred_.empty();
   deferred_.push_back(c);
   if (first && loop_hooks_) loop_hooks_->on_deferred();
+}
+
+namespace {
+int64_t mono_ns() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+}  // namespace
+
+void Server::cork(http1::Connection* c) noexcept {
+  int64_t now = mono_ns();
+  if (corked_.empty()) corked_since_ns_ = now;
+  corked_.push_back(c);
+  // A slow app (or a long batch) must not hold finished responses back for long.
+  if (now - corked_since_ns_ >= kMaxCorkNs) uncork();
 }
 
 void Server::uncork() noexcept {

@@ -123,8 +123,11 @@ class Server {
   // While step() dispatches one batch of I/O events, a connection that finished a response in
   // kReadHead queues it here instead of writing at once; all go out after the batch (uncork()).
   // The clients then find several responses per wake-up instead of being woken once per write.
+  // A response waits at most kMaxCorkNs plus the time the app takes for one more request: a
+  // cork finding the oldest one older than that sends them all at once.
+  static constexpr int64_t kMaxCorkNs = 250'000;
   bool corking() const noexcept { return corking_; }
-  void cork(http1::Connection* c) noexcept { corked_.push_back(c); }
+  void cork(http1::Connection* c) noexcept;
   // Thread- and signal-safe.
   void stop(bool graceful) noexcept;
 
@@ -270,6 +273,7 @@ class Server {
   std::vector<http1::Connection*> deferred_;          // loop thread only
   std::vector<http1::Connection*> deferred_running_;  // swapped with deferred_: keeps capacity
   std::vector<http1::Connection*> corked_;             // loop thread only; see cork()
+  int64_t corked_since_ns_ = 0;                        // when corked_ got its first entry
   bool corking_ = false;
   int64_t accept_paused_until_ms_ = 0;
   int64_t next_beat_ms_ = 0;     // heartbeat: when the loop next writes kBeatByte

@@ -99,6 +99,10 @@ class TestApp : public http1::AppHandler {
     if (path == "/rendezvous") return rendezvous(ex);
     if (path == "/gate") return gate(ex);
     if (path == "/peek") return peek(ex);
+    if (path == "/slow") {  // an app that takes its time (the loop thread, without a pool)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return reply(ex, 200, "slow");
+    }
     ex.send_simple(404, "not found\n", false);
   }
 
@@ -302,23 +306,22 @@ class TestApp : public http1::AppHandler {
     reply(ex, 200, together ? "together" : "alone");
   }
 
-  // Records how many response bytes the clients in peek_fds have waiting unread right now.
+  // Records how many response bytes each client in peek_fds has waiting unread right now.
   void peek(Exchange& ex) {
-    int total = 0;
-    for (int fd : peek_fds) {
-      int n = 0;
-      if (ioctl(fd, FIONREAD, &n) == 0) total += n;
-    }
     {
       std::lock_guard<std::mutex> g(mu_);
-      peeked.push_back(total);
+      for (int fd : peek_fds) {
+        int n = -1;
+        ioctl(fd, FIONREAD, &n);
+        peeked.push_back(n);
+      }
     }
     reply(ex, 200, "peek");
   }
 
  public:
   std::vector<int> peek_fds;  // set before the /peek requests are sent
-  std::vector<int> peeked;    // guarded by mu_; read after the responses arrived
+  std::vector<int> peeked;    // per /peek, per fd; guarded by mu_; read after the responses
 
  private:
   // Holds the calling thread (the loop, without a pool) until open_gate(), at most 5 s.
@@ -611,12 +614,42 @@ TEST(Server, ResponsesOfOneEventBatchLeaveAfterIt) {
   EXPECT_EQ(rb.body, "peek");
   ASSERT_TRUE(g.read_response().ok);
   // Whichever request ran second found nothing from the first one's response yet.
-  EXPECT_EQ(app.peeked, (std::vector<int>{0, 0}));
+  EXPECT_EQ(app.peeked, (std::vector<int>{0, 0, 0, 0}));
   // And the connections were put back on their keep-alive timers after the batch.
   int64_t t0 = mono_ms();
   EXPECT_TRUE(a.wait_closed(3000));
   EXPECT_TRUE(b.wait_closed(3000));
   EXPECT_GE(mono_ms() - t0, 150);
+}
+
+// A slow app does not hold the responses of its batch back for long: the first cork after
+// Server::kMaxCorkNs sends everything corked so far.
+TEST(Server, CorkedResponsesLeaveOnceTheBatchRunsLong) {
+  ServerConfig cfg = test_config();
+  TestApp app;
+  Running srv(cfg, app);
+  Client a(srv.port()), b(srv.port()), c(srv.port()), g(srv.port());
+  for (Client* x : {&a, &b, &c}) {
+    ASSERT_TRUE(x->send(get("/hello")));
+    ASSERT_TRUE(x->read_response().ok);
+  }
+  app.peek_fds = {a.fd(), b.fd()};
+  ASSERT_TRUE(g.send(get("/gate")));
+  ASSERT_TRUE(app.wait_gated(5000));
+  // One batch, in this order: a fast response, a 5 ms one, then /peek.
+  ASSERT_TRUE(a.send(get("/hello")));
+  ASSERT_TRUE(b.send(get("/slow")));
+  ASSERT_TRUE(c.send(get("/peek")));
+  app.open_gate();
+  // /peek's answer first: a and b stay unread until /peek has looked at them.
+  Response rc = c.read_response(), ra = a.read_response(), rb = b.read_response();
+  ASSERT_TRUE(ra.ok && rb.ok && rc.ok);
+  EXPECT_EQ(rb.body, "slow");
+  ASSERT_TRUE(g.read_response().ok);
+  // Both earlier responses had left when /peek ran (without the limit: {0, 0}).
+  ASSERT_EQ(app.peeked.size(), 2u);
+  EXPECT_GT(app.peeked[0], 0);
+  EXPECT_GT(app.peeked[1], 0);
 }
 
 TEST(Server, BodyAndNextRequestInOneSegment) {

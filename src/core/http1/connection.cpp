@@ -253,6 +253,15 @@ void Connection::uncork() noexcept {
   corked_ = false;
   if (state_ != State::kReadHead) return;  // closed meanwhile, or whatever moved it on flushes
   if (out_pending() && !flush() && failed_) {
+    if (server_->corking()) {
+      // Sent early, within the batch (Server::cork's time limit), where an event for this
+      // connection may still be waiting in it: close from the deferred run after the batch.
+      if (!deferred_) {
+        deferred_ = true;
+        server_->defer(this);
+      }
+      return;
+    }
     close_now();
     return;
   }
