@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <utility>
@@ -113,34 +114,51 @@ bool is_reg_name(std::string_view s) noexcept {
   return true;
 }
 
+// "[inside]" or "name", then optionally ":" and a port: the split that Host and RFC 7239 nodes
+// share (each then checks the parts its own way).
+struct HostPort {
+  std::string_view name;  // without the brackets
+  std::string_view port;  // after the ':' (when has_port)
+  bool bracketed = false;
+  bool has_port = false;
+};
+
+bool split_host_port(std::string_view s, HostPort* out) noexcept {
+  *out = HostPort{};
+  size_t rest;
+  if (!s.empty() && s[0] == '[') {
+    size_t close = s.find(']');
+    if (close == std::string_view::npos) return false;
+    out->bracketed = true;
+    out->name = s.substr(1, close - 1);
+    rest = close + 1;
+    if (rest < s.size() && s[rest] != ':') return false;
+  } else {
+    rest = std::min(s.find(':'), s.size());
+    out->name = s.substr(0, rest);
+  }
+  if (rest < s.size()) {
+    out->has_port = true;
+    out->port = s.substr(rest + 1);
+  }
+  return true;
+}
+
 // Host = IP-literal / IPv4 / reg-name, then optional ":" port. Sets the name and the port (-1).
 bool parse_host(std::string_view host, std::string_view* name, int* port) noexcept {
   *port = -1;
-  std::string_view port_text;
-  bool has_port = false;
-  if (!host.empty() && host[0] == '[') {
-    size_t close = host.find(']');
-    if (close == std::string_view::npos) return false;
+  HostPort hp;
+  if (!split_host_port(host, &hp)) return false;
+  if (hp.bracketed) {
     bool v6;
     uint8_t addr[16];
-    if (!parse_ip(host.substr(1, close - 1), &v6, addr) || !v6) return false;
-    *name = host.substr(0, close + 1);
-    if (close + 1 < host.size()) {
-      if (host[close + 1] != ':') return false;
-      port_text = host.substr(close + 2);
-      has_port = true;
-    }
+    if (!parse_ip(hp.name, &v6, addr) || !v6) return false;
+    *name = host.substr(0, hp.name.size() + 2);  // the brackets stay
   } else {
-    size_t colon = host.find(':');
-    *name = host.substr(0, colon);
-    if (colon != std::string_view::npos) {
-      port_text = host.substr(colon + 1);
-      has_port = true;
-    }
-    if (!is_reg_name(*name)) return false;
+    if (!is_reg_name(hp.name)) return false;
+    *name = hp.name;
   }
-  if (has_port && !parse_port(port_text, port)) return false;
-  return true;
+  return !hp.has_port || parse_port(hp.port, port);
 }
 
 // One X-Forwarded-For hop: "1.2.3.4", "1.2.3.4:5678", "::1", "[::1]", "[::1]:5678".
@@ -169,39 +187,23 @@ bool parse_xff_hop(std::string_view hop, std::string_view* ip, int* port, bool* 
 
 // RFC 7239 node: nodename [ ":" node-port ]; nodename = IPv4 / "[" IPv6 "]" / "unknown" / obfnode.
 bool parse_node(std::string_view node, std::string_view* name, int* port, bool* is_ip) noexcept {
+  *port = 0;
+  HostPort hp;
+  if (!split_host_port(node, &hp)) return false;
   bool v6;
   uint8_t addr[16];
-  *port = 0;
-  std::string_view port_text;
-  bool has_port = false;
-  if (!node.empty() && node[0] == '[') {
-    size_t close = node.find(']');
-    if (close == std::string_view::npos) return false;
-    *name = node.substr(1, close - 1);
-    if (!parse_ip(*name, &v6, addr) || !v6) return false;
+  *name = hp.name;
+  if (hp.bracketed) {
+    if (!parse_ip(hp.name, &v6, addr) || !v6) return false;
     *is_ip = true;
-    if (close + 1 < node.size()) {
-      if (node[close + 1] != ':') return false;
-      port_text = node.substr(close + 2);
-      has_port = true;
-    }
+  } else if (parse_ip(hp.name, &v6, addr) && !v6) {
+    *is_ip = true;
+  } else if (base::iequals(hp.name, "unknown") || is_obfuscated(hp.name)) {
+    *is_ip = false;
   } else {
-    size_t colon = node.find(':');
-    *name = node.substr(0, colon);
-    if (colon != std::string_view::npos) {
-      port_text = node.substr(colon + 1);
-      has_port = true;
-    }
-    if (parse_ip(*name, &v6, addr) && !v6) {
-      *is_ip = true;
-    } else if (base::iequals(*name, "unknown") || is_obfuscated(*name)) {
-      *is_ip = false;
-    } else {
-      return false;
-    }
+    return false;
   }
-  if (has_port && !parse_port(port_text, port) && !is_obfuscated(port_text)) return false;
-  return true;
+  return !hp.has_port || parse_port(hp.port, port) || is_obfuscated(hp.port);
 }
 
 // value = token / quoted-string. Quoted-pairs are refused: the result is a view, never a copy.
