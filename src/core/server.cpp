@@ -258,11 +258,13 @@ int64_t mono_ns() noexcept {
 }  // namespace
 
 void Server::cork(http1::Connection* c) noexcept {
-  int64_t now = mono_ns();
-  if (corked_.empty()) corked_since_ns_ = now;
+  if (corked_.empty()) corked_since_ns_ = mono_ns();
   corked_.push_back(c);
-  // A slow app (or a long batch) must not hold finished responses back for long.
-  if (now - corked_since_ns_ >= kMaxCorkNs) uncork();
+}
+
+void Server::cork_check() noexcept {
+  // A slow app, or a long batch, must not hold finished responses back for long.
+  if (!corked_.empty() && mono_ns() - corked_since_ns_ >= kMaxCorkNs) uncork();
 }
 
 void Server::uncork() noexcept {

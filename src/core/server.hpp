@@ -123,11 +123,13 @@ class Server {
   // While step() dispatches one batch of I/O events, a connection that finished a response in
   // kReadHead queues it here instead of writing at once; all go out after the batch (uncork()).
   // The clients then find several responses per wake-up instead of being woken once per write.
-  // A response waits at most kMaxCorkNs plus the time the app takes for one more request: a
-  // cork finding the oldest one older than that sends them all at once.
+  // A response waits at most kMaxCorkNs plus the time one more event takes (the app's call
+  // included): every drive() that ends during the batch checks the oldest cork (cork_check())
+  // and sends them all once it is older than that.
   static constexpr int64_t kMaxCorkNs = 250'000;
   bool corking() const noexcept { return corking_; }
   void cork(http1::Connection* c) noexcept;
+  void cork_check() noexcept;
   // Thread- and signal-safe.
   void stop(bool graceful) noexcept;
 

@@ -594,7 +594,7 @@ TEST(Server, PipelinedRequestsAnsweredInOrder) {
 // (Server::cork): a client is woken once for several responses, not once per write.
 TEST(Server, ResponsesOfOneEventBatchLeaveAfterIt) {
   ServerConfig cfg = test_config();
-  cfg.keep_alive_ms = 300;
+  cfg.keep_alive_ms = 1000;  // outlasts the set-up even on a loaded machine
   TestApp app;
   Running srv(cfg, app);
   Client a(srv.port()), b(srv.port()), g(srv.port());
@@ -619,12 +619,16 @@ TEST(Server, ResponsesOfOneEventBatchLeaveAfterIt) {
   int64_t t0 = mono_ms();
   EXPECT_TRUE(a.wait_closed(3000));
   EXPECT_TRUE(b.wait_closed(3000));
-  EXPECT_GE(mono_ms() - t0, 150);
+  EXPECT_GE(mono_ms() - t0, 500);
 }
 
-// A slow app does not hold the responses of its batch back for long: the first cork after
-// Server::kMaxCorkNs sends everything corked so far.
-TEST(Server, CorkedResponsesLeaveOnceTheBatchRunsLong) {
+// A slow app does not hold the responses of its batch back for long: once the oldest corked
+// response is Server::kMaxCorkNs old, the end of the next event sends everything corked, whether
+// that event corked its own response (keep-alive) or wrote it at once (Connection: close).
+class CorkLimit : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CorkLimit, CorkedResponsesLeaveOnceTheBatchRunsLong) {
+  bool slow_closes = GetParam();
   ServerConfig cfg = test_config();
   TestApp app;
   Running srv(cfg, app);
@@ -633,24 +637,26 @@ TEST(Server, CorkedResponsesLeaveOnceTheBatchRunsLong) {
     ASSERT_TRUE(x->send(get("/hello")));
     ASSERT_TRUE(x->read_response().ok);
   }
-  app.peek_fds = {a.fd(), b.fd()};
+  app.peek_fds = {a.fd()};
   ASSERT_TRUE(g.send(get("/gate")));
   ASSERT_TRUE(app.wait_gated(5000));
   // One batch, in this order: a fast response, a 5 ms one, then /peek.
   ASSERT_TRUE(a.send(get("/hello")));
-  ASSERT_TRUE(b.send(get("/slow")));
+  ASSERT_TRUE(b.send(get("/slow", slow_closes ? "Connection: close\r\n" : "")));
   ASSERT_TRUE(c.send(get("/peek")));
   app.open_gate();
-  // /peek's answer first: a and b stay unread until /peek has looked at them.
+  // /peek's answer first: a stays unread until /peek has looked at it.
   Response rc = c.read_response(), ra = a.read_response(), rb = b.read_response();
   ASSERT_TRUE(ra.ok && rb.ok && rc.ok);
   EXPECT_EQ(rb.body, "slow");
   ASSERT_TRUE(g.read_response().ok);
-  // Both earlier responses had left when /peek ran (without the limit: {0, 0}).
-  ASSERT_EQ(app.peeked.size(), 2u);
+  // The fast response had left when /peek ran (without the limit: 0 bytes).
+  ASSERT_EQ(app.peeked.size(), 1u);
   EXPECT_GT(app.peeked[0], 0);
-  EXPECT_GT(app.peeked[1], 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(Server, CorkLimit, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "SlowOneCloses" : "SlowOneKeepsAlive"; });
 
 TEST(Server, BodyAndNextRequestInOneSegment) {
   TestApp app;

@@ -154,6 +154,14 @@ void Connection::on_io(uint32_t events) noexcept {
 }
 
 void Connection::drive() noexcept {
+  // Last, whichever way drive() ends: responses corked earlier in this batch leave once the
+  // oldest is kMaxCorkNs old, even if this event corked nothing (a slow app, a close).
+  struct CorkCheck {
+    Server* s;
+    ~CorkCheck() {
+      if (s->corking()) s->cork_check();
+    }
+  } cork_check{server_};
   struct InDrive {
     bool& flag;
     bool saved;
