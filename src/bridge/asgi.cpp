@@ -735,9 +735,10 @@ bool AsgiHandler::attach(PyObject* loop, PyObject* state) noexcept {
     PyErr_Clear();  // no C accelerator or no instance dict: tasks register themselves
     return true;
   }
-  im.real_add = Ref::steal(PyObject_GetAttr(all_tasks.get(), N->add.get()));
-  im.add_catcher = Ref::steal(new_catcher(im.real_add.get()));
+  Ref real_add = Ref::steal(PyObject_GetAttr(all_tasks.get(), N->add.get()));
+  im.add_catcher = Ref::steal(new_catcher(real_add.get()));
   if (!im.add_catcher) return false;
+  im.all_tasks = std::move(all_tasks);
   im.all_tasks_dict = std::move(all_dict);
   return true;
 #endif
@@ -777,38 +778,51 @@ PyObject* AsgiHandler::Impl::start_task(PyObject* coro) noexcept {
   Ref step = Ref::steal(k->callback);
   Ref ctx = Ref::steal(k->context);
   k->callback = k->context = nullptr;
-  Ref added;  // what Task() tried to register (the task itself)
+  // What Task() registered through the stand-in: the task itself, or another thread's task
+  // that got there first (the registry is shared by every thread).
+  Ref added;
   if (shadow_add) {
     auto* a = reinterpret_cast<StepCatcher*>(add_catcher.get());
     added = Ref::steal(a->callback);
     Py_CLEAR(a->context);
     a->callback = nullptr;
   }
-  // Registers the task as Task() meant to, unless it is done (a done task leaves the registry
-  // anyway once it is freed).
-  auto register_unless_done = [&]() -> bool {
-    if (!added) return true;
-    Ref done = Ref::steal(PyObject_CallMethodNoArgs(task.get(), N->done.get()));
-    if (!done) return false;
-    if (done.get() == Py_True) return true;
-    return bool(Ref::steal(PyObject_CallOneArg(real_add.get(), added.get())));
+  // Registers what was caught, as Task() meant to, except our own task once its first step
+  // finished it (a done task would leave the registry when freed anyway). `add` is looked up
+  // now, so a patch of WeakSet.add made since attach() is used. Never fails: whatever error is
+  // pending stays, and a failure to register is reported as unraisable.
+  auto settle_registration = [&](bool step_ran) {
+    if (!added) return;
+    ErrorStash stash;
+    if (step_ran && added.get() == task.get()) {
+      Ref done = Ref::steal(PyObject_CallMethodNoArgs(task.get(), N->done.get()));
+      if (done.get() == Py_True) return;
+      if (!done) PyErr_Clear();  // cannot tell: register it
+    }
+    Ref add = Ref::steal(PyObject_GetAttr(all_tasks.get(), N->add.get()));
+    Ref r = add ? Ref::steal(PyObject_CallOneArg(add.get(), added.get())) : Ref();
+    if (!r) PyErr_WriteUnraisable(added.get());
   };
-  if (!task) return nullptr;
-  if (!step) {
-    // Not caught: the loop runs the step as usual.
-    return register_unless_done() ? task.release() : nullptr;
+  if (!task || !step) {
+    // Not made, or its step not caught (the loop runs it as usual): register what was caught.
+    settle_registration(false);
+    return task.release();
   }
   // As Handle._run does: the step runs in the task's context.
-  if (ctx && PyContext_Enter(ctx.get()) < 0) return nullptr;
+  if (ctx && PyContext_Enter(ctx.get()) < 0) {
+    settle_registration(false);
+    return nullptr;
+  }
   Ref r = Ref::steal(PyObject_CallNoArgs(step.get()));
   if (ctx) {
     ErrorStash stash;
     if (PyContext_Exit(ctx.get()) < 0) PyErr_Clear();
   }
+  settle_registration(true);
   // The step raises only what a task re-raises (KeyboardInterrupt, SystemExit): the caller
   // stops the server. The task has recorded it too.
   if (!r) return nullptr;
-  return register_unless_done() ? task.release() : nullptr;
+  return task.release();
 #endif
 }
 

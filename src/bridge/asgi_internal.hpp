@@ -84,9 +84,9 @@ struct AsgiHandler::Impl {
   // itself through the stand-in, which only remembers it, and start_task() registers the task
   // for real only if its first step did not finish it, as 3.12 does for eager tasks. Null when
   // the registry has no instance dict.
-  Ref all_tasks_dict;
+  Ref all_tasks;             // _asyncio._all_tasks
+  Ref all_tasks_dict;        // its instance dict
   Ref add_catcher;           // a StepCatcher standing in for all_tasks.add
-  Ref real_add;              // all_tasks.add, bound before any shadowing
   std::vector<Ref> server_tuples;  // per listener: (host, port) or None
   std::string root_path;
   Ref root_path_str, root_path_bytes;

@@ -334,11 +334,15 @@ async def task_info(scope, receive, send, q):
     loop = asyncio.get_running_loop()
     registry = getattr(asyncio.tasks, "_all_tasks", None)
     in_all_first = task in asyncio.all_tasks()
+    # Looked at in the first step, which the server may run eagerly: its stand-ins for
+    # loop.call_soon and the registry's add() must be gone by then.
+    call_soon_clean = "call_soon" not in getattr(loop, "__dict__", {})
+    add_clean = "add" not in getattr(registry, "__dict__", {})
     await asyncio.sleep(0)
     await respond_json(send, {
         "name": task.get_name() if task is not None else None,
         "in_all_tasks_first_step": in_all_first,
-        "add_not_shadowed": "add" not in getattr(registry, "__dict__", {}),
+        "add_not_shadowed": add_clean and "add" not in getattr(registry, "__dict__", {}),
         "has_task": task is not None,
         "same_task_after_await": asyncio.current_task() is task,
         "in_all_tasks": task in asyncio.all_tasks(),
@@ -347,7 +351,7 @@ async def task_info(scope, receive, send, q):
         "sniffio": sniffio.current_async_library(),
         "loop_type": type(loop).__module__ + "." + type(loop).__name__,
         "cancelling": task.cancelling() if task is not None and hasattr(task, "cancelling") else None,
-        "call_soon_not_shadowed": "call_soon" not in getattr(loop, "__dict__", {}),
+        "call_soon_not_shadowed": call_soon_clean and "call_soon" not in getattr(loop, "__dict__", {}),
     })
 
 
@@ -389,6 +393,30 @@ async def unpatch_call_soon(scope, receive, send, q):
     if still:
         del loop.call_soon
     await respond_json(send, {"still_patched": still, "calls": CALL_SOON_PATCH["calls"]})
+
+
+REGISTERED = {}
+
+
+async def registered(scope, receive, send, q):
+    # Whether this request's task is in asyncio's registry (the WeakSet behind all_tasks()) just
+    # after its first step: a callback scheduled now runs once the step is over. ?wait=1 waits
+    # once first, so the step that ends is a later one.
+    task = asyncio.current_task()
+    if q.get("wait") == "1":
+        await asyncio.sleep(0)
+    registry = getattr(asyncio.tasks, "_all_tasks", None)
+
+    def look(key=q.get("key")):
+        REGISTERED[key] = {"done": task.done(), "in_registry": registry is not None and task in registry,
+                           "in_all_tasks": task in asyncio.all_tasks(task.get_loop()) or task.done()}
+
+    asyncio.get_running_loop().call_soon(look)
+    await respond_json(send, {"ok": True})
+
+
+async def registered_result(scope, receive, send, q):
+    await respond_json(send, REGISTERED.get(q.get("key"), {}))
 
 
 ADD_PATCH = {"fn": None, "calls": 0}
@@ -493,6 +521,7 @@ ROUTES = {
     "/sleep": sleep, "/slow-then-disconnect": slow_then_disconnect, "/ctx": ctx, "/task": task_info,
     "/anyio": anyio_route, "/executor": executor, "/tcp": tcp, "/patch-call-soon": patch_call_soon,
     "/unpatch-call-soon": unpatch_call_soon,
+    "/registered": registered, "/registered-result": registered_result,
     "/patch-all-tasks-add": patch_all_tasks_add, "/unpatch-all-tasks-add": unpatch_all_tasks_add, "/interrupt": interrupt,
 }
 
