@@ -108,6 +108,7 @@ class _Worker:
     stopping_since: float | None = None  # told to stop (TERM, QUIT or a kill)
     kill_at: float | None = None  # SIGKILL if still alive then
     reason: str = ""  # why we stopped it, for the exit log line
+    reopen_pending: bool = False  # a USR1 came while it booted: sent once it is ready
 
 
 class Supervisor:
@@ -262,6 +263,11 @@ class Supervisor:
             w.ready = True
             self.boot_backoff = 0.0
             error_log.info("Worker %d ready", w.pid)
+            if w.reopen_pending:
+                # Before it was ready, its handler might not have been installed yet (the signal
+                # would have been lost): it gets the USR1 now.
+                w.reopen_pending = False
+                self._kill(w, signal.SIGUSR1)
         if RETIRE in data and not w.retire and w.stopping_since is None:
             error_log.info("Worker %d served its --max-requests: replacing it", w.pid)
             w.retire = True
@@ -301,10 +307,16 @@ class Supervisor:
                 error_log.info("SIGTTOU: %d worker%s", self.target, "" if self.target == 1 else "s")
             elif sig == signal.SIGUSR1:
                 _server.reopen_log_files()  # the supervisor's own error log
+                booting = 0
                 for w in self.workers.values():
-                    self._kill(w, signal.SIGUSR1)
-                error_log.info("SIGUSR1: forwarded to %d worker%s", len(self.workers),
-                               "" if len(self.workers) == 1 else "s")
+                    if w.ready:
+                        self._kill(w, signal.SIGUSR1)
+                    else:
+                        w.reopen_pending = True
+                        booting += 1
+                sent = len(self.workers) - booting
+                error_log.info("SIGUSR1: forwarded to %d worker%s%s", sent, "" if sent == 1 else "s",
+                               f" ({booting} more once ready)" if booting else "")
 
     def _stop_all(self, how: str) -> None:
         self.stopping = how

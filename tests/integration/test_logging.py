@@ -222,6 +222,29 @@ def test_log_files_are_reopened_on_usr1_after_a_rename(fd_server, tmp_path, args
     assert os.path.getsize(srv.stdout.name) == 0
 
 
+def test_usr1_reaches_a_worker_that_was_booting(fd_server, tmp_path):
+    # A worker still importing the app when USR1 comes may not have its handler yet: the
+    # supervisor sends it the signal once the worker reports ready.
+    access, error, slow = tmp_path / "access.log", tmp_path / "error.log", tmp_path / "slow"
+    srv = fd_server("--access-logfile", str(access), "--error-logfile", str(error), "--workers", "1",
+                    "logged:wsgi", env={"LOGGED_SLOW_IMPORT": str(slow)})
+    assert wait_until(lambda: "Ready: 1 worker serving" in read(error)), read(error)
+    slow.touch()
+    srv.proc.send_signal(signal.SIGTTIN)  # a second worker, 2 s to boot
+    assert wait_until(lambda: read(error).count("Started worker") == 2), read(error)
+    booting = int(re.findall(r"Started worker (\d+)", read(error))[-1])
+    os.rename(error, tmp_path / "error.log.1")
+    srv.proc.send_signal(signal.SIGUSR1)
+    assert wait_until(lambda: "SIGUSR1: forwarded to 1 worker (1 more once ready)" in read(error)), \
+        read(error) + read(tmp_path / "error.log.1")
+    assert wait_until(lambda: f"[{booting}] [INFO] Reopened the log files" in read(error), timeout=15), \
+        read(error) + read(tmp_path / "error.log.1")
+    text = read(error)
+    assert text.index(f"Worker {booting} ready") < text.index(f"[{booting}] [INFO] Reopened"), text
+    assert read(error).count("Reopened the log files") == 3, text  # supervisor and both workers
+    assert srv.stop() == 0
+
+
 def test_log_files_append_and_dash_means_the_standard_streams(fd_server, tmp_path):
     access = tmp_path / "access.log"
     access.write_text("kept line\n")

@@ -2,8 +2,14 @@
 (%({x-trace}o)s), and a line through the app's own logger ("logged.app") for --log-config."""
 
 import logging
+import os
+import time
 
 log = logging.getLogger("logged.app")
+
+# A worker that imports this while the file LOGGED_SLOW_IMPORT names exists takes 2 s to boot.
+if os.path.exists(os.environ.get("LOGGED_SLOW_IMPORT", "/nonexistent")):
+    time.sleep(2)
 
 
 def wsgi(environ, start_response):
