@@ -20,6 +20,7 @@
 #include <string>
 
 #include "core/base/allocator.hpp"
+#include "core/base/clock.hpp"
 #include "core/http1/connection.hpp"
 
 namespace fulmen {
@@ -80,14 +81,6 @@ Server::~Server() {
   if (return_fd_ >= 0) ::close(return_fd_);
 }
 
-namespace {
-int64_t monotonic_ms() noexcept {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-}  // namespace
-
 void Server::service_wakeup() noexcept {
   loop_.drain_wake();
   if (loop_hooks_) loop_hooks_->on_wakeup();
@@ -124,7 +117,7 @@ void Server::stop(bool graceful) noexcept {
   while (cur < want && !stop_request_.compare_exchange_weak(cur, want)) {
   }
   int64_t unset = -1;
-  stop_at_ms_.compare_exchange_strong(unset, monotonic_ms());
+  stop_at_ms_.compare_exchange_strong(unset, base::monotonic_ms());
   loop_.wake();
 }
 
@@ -249,22 +242,14 @@ void Server::defer(http1::Connection* c) noexcept {
   if (first && loop_hooks_) loop_hooks_->on_deferred();
 }
 
-namespace {
-int64_t mono_ns() noexcept {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-}  // namespace
-
 void Server::cork(http1::Connection* c) noexcept {
-  if (corked_.empty()) corked_since_ns_ = mono_ns();
+  if (corked_.empty()) corked_since_ns_ = base::monotonic_ns();
   corked_.push_back(c);
 }
 
 void Server::cork_check() noexcept {
   // A slow app, or a long batch, must not hold finished responses back for long.
-  if (!corked_.empty() && mono_ns() - corked_since_ns_ >= kMaxCorkNs) uncork();
+  if (!corked_.empty() && base::monotonic_ns() - corked_since_ns_ >= kMaxCorkNs) uncork();
 }
 
 void Server::uncork() noexcept {

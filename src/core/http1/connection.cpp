@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "core/base/ascii.hpp"
+#include "core/base/clock.hpp"
 #include "core/http1/status.hpp"
 #include "core/server.hpp"
 #include "core/ws/frame.hpp"
@@ -23,12 +24,6 @@
 namespace fulmen::http1 {
 
 namespace {
-
-int64_t monotonic_us() noexcept {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
-}
 
 // Bodies at least this large are written straight from the app's memory (writev together with
 // whatever is queued) instead of being copied into the output buffer first.
@@ -574,7 +569,7 @@ bool Connection::begin_exchange(size_t head_len) noexcept {
   sent_ = 0;
   if (server_->config().access_log_fd >= 0) {
     const AccessFormat& fmt = server_->config().access_format;
-    if (fmt.needs_duration()) req_start_us_ = monotonic_us();
+    if (fmt.needs_duration()) req_start_us_ = base::monotonic_us();
     for (size_t i = 0; i < fmt.response_headers().size(); ++i) resp_cap_len_[i] = kNotCaptured;
   }
   file_left_ = 0;
@@ -817,20 +812,12 @@ bool Connection::send_continue(bool block) noexcept {
   return !failed_;
 }
 
-namespace {
-int64_t mono_ms() noexcept {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-}  // namespace
-
 // Blocks the calling thread until the socket is ready, the time is up, or (inline mode, where this
 // is the loop thread) a stop request says so. In inline mode the wake pipe is watched too, so
 // signal handlers run during a long wait and a stop is honoured.
 bool Connection::wait_fd(short events, int64_t timeout_ms) noexcept {
   const bool on_loop = server_->config().threads == 1;
-  const int64_t start = mono_ms();
+  const int64_t start = base::monotonic_ms();
   int64_t deadline = start + timeout_ms;
   BlockHooks* hooks = server_->block_hooks();
   bool ready = false;
@@ -839,7 +826,7 @@ bool Connection::wait_fd(short events, int64_t timeout_ms) noexcept {
       int64_t stop_by = server_->stop_wait_deadline_ms();
       if (stop_by >= 0) deadline = std::min(deadline, stop_by);
     }
-    int64_t left = deadline - mono_ms();
+    int64_t left = deadline - base::monotonic_ms();
     if (left <= 0) break;
     pollfd p[2] = {{fd_, events, 0}, {server_->loop().wake_read_fd(), POLLIN, 0}};
     hooks->before_block();
@@ -852,7 +839,7 @@ bool Connection::wait_fd(short events, int64_t timeout_ms) noexcept {
     }
     if (on_loop) server_->service_wakeup();  // runs signal handlers; may request a stop
   }
-  if (on_loop) body_wait_ms_ += mono_ms() - start;
+  if (on_loop) body_wait_ms_ += base::monotonic_ms() - start;
   return ready;
 }
 
@@ -1274,7 +1261,7 @@ void Connection::log_access() noexcept {
   r.request = &req_;
   r.status = status_;
   r.sent = sent_;
-  if (fmt.needs_duration()) r.duration_us = monotonic_us() - req_start_us_;
+  if (fmt.needs_duration()) r.duration_us = base::monotonic_us() - req_start_us_;
   r.log_date = server_->loop().clock().log_date();
   r.iso_date = server_->loop().clock().iso_date();
   if (fmt.needs_pid()) r.pid = int(::getpid());
